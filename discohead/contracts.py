@@ -1,0 +1,152 @@
+"""The contracts every stage shares: preprocessing, training, evaluation and generation.
+
+Each number or convention here is defined once and imported everywhere, so that the
+shards a preprocessing job writes are exactly what the model, the trainer and the
+generator expect. Changing anything that alters the bytes of a shard bumps
+``SHARD_FORMAT_VERSION``; changing the checkpoint layout bumps
+``CHECKPOINT_FORMAT_VERSION``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# --- video -------------------------------------------------------------------------
+
+FPS = 25
+"""Frames per second every clip is resampled to (the paper's datasets are 25 fps)."""
+
+IMAGE_SIZE = 256
+"""Side of the square face crop, in pixels (paper §3.2)."""
+
+# --- audio -------------------------------------------------------------------------
+
+SAMPLE_RATE = 16_000
+"""Mono audio sample rate in Hz."""
+
+AUDIO_WINDOW_MS = 400
+"""Length of the speech window centred on each video frame (paper §3.2)."""
+
+
+@dataclass(frozen=True)
+class MelSettings:
+    """Log-mel spectrogram settings shared by the preprocessing job and the model.
+
+    With the defaults one mel frame is 10 ms, so the 400 ms window centred on a video
+    frame is ``window_frames == 40`` mel frames of ``n_mels == 80`` bins: the model's
+    audio input is a ``(B, 80, 40)`` tensor of natural-log mel energies.
+    """
+
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 160
+    n_mels: int = 80
+    f_min: float = 55.0
+    f_max: float = 7_600.0
+    log_floor: float = 1e-5
+    window_ms: int = AUDIO_WINDOW_MS
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def window_frames(self) -> int:
+        """Mel frames in one audio window (40 with the defaults)."""
+        return round(self.window_ms * self.sample_rate / (1000 * self.hop_length))
+
+    @property
+    def silence(self) -> float:
+        """Log-mel value of a silent (all-zero) signal: the padding value at clip edges."""
+        import math
+
+        return math.log(self.log_floor)
+
+
+MEL = MelSettings()
+
+# --- eye region --------------------------------------------------------------------
+
+EYE_LANDMARKS = tuple(range(17, 27)) + tuple(range(36, 48))
+"""Indices into the 68-point (iBUG 300-W) landmark layout: both brows and both eyes."""
+
+EYE_BOX_MARGIN = 0.15
+"""Fraction of the box's width added on each side (and of its height above and below)."""
+
+
+def eye_box_from_landmarks(landmarks: torch.Tensor, image_size: int, margin: float = EYE_BOX_MARGIN) -> torch.Tensor:
+    """Eye-region box ``(x0, y0, x1, y1)`` in [0, 1] crop coordinates from 68 landmarks.
+
+    ``landmarks`` is ``(..., 68, 2)`` in pixels of an ``image_size`` square crop. The box
+    is stored normalised so it stays valid when frames are resized on the fly.
+    """
+    points = landmarks[..., EYE_LANDMARKS, :]
+    low = points.amin(dim=-2)
+    high = points.amax(dim=-2)
+    pad = (high - low) * margin
+    box = torch.cat([low - pad, high + pad], dim=-1) / image_size
+    return box.clamp(0.0, 1.0)
+
+
+def eye_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Binary ``(B, 1, H, W)`` mask that is 1 inside each ``(x0, y0, x1, y1)`` box.
+
+    A pixel belongs to the box when its centre lies inside it, so the mask is the same
+    whichever resolution the frame is rendered at.
+    """
+    ys = (torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5) / height
+    xs = (torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5) / width
+    x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
+    inside_x = (xs[None, None, :] >= x0) & (xs[None, None, :] <= x1)
+    inside_y = (ys[None, :, None] >= y0) & (ys[None, :, None] <= y1)
+    return (inside_x & inside_y).unsqueeze(1).to(boxes.dtype)
+
+
+def mask_to_eye_region(frames: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """The eye-driver input: ``frames`` (B, 3, H, W) blacked out outside their eye boxes."""
+    return frames * eye_mask(boxes.to(frames.dtype), frames.shape[-2], frames.shape[-1])
+
+
+# --- shards ------------------------------------------------------------------------
+
+SHARD_FORMAT_VERSION = 1
+"""Version of the sample schema below; readers refuse shards of another version."""
+
+CHUNK_FRAMES = 50
+"""Consecutive frames of one clip stored together in one shard sample (2 s at 25 fps)."""
+
+
+@dataclass(frozen=True)
+class ShardSchema:
+    """Keys of one WebDataset sample: a chunk of consecutive frames of one clip.
+
+    A chunk lets training draw the source and the driver frame from the same clip.
+
+    - ``frames.npy``: uint8 ``(T, H, W, 3)`` face crops, RGB.
+    - ``mel.npy``: float16 ``(T, n_mels, window_frames)`` log-mel window per frame.
+    - ``landmarks.npy``: float32 ``(T, 68, 2)`` landmarks in crop pixels.
+    - ``eye_boxes.npy``: float32 ``(T, 4)`` eye boxes, see :func:`eye_box_from_landmarks`.
+    - ``meta.json``: clip id, source, chunk index, first frame index, fps, image size,
+      format version.
+    """
+
+    frames: str = "frames.npy"
+    mel: str = "mel.npy"
+    landmarks: str = "landmarks.npy"
+    eye_boxes: str = "eye_boxes.npy"
+    meta: str = "meta.json"
+
+
+SHARD_KEYS = ShardSchema()
+
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "test")
+
+# --- checkpoints -------------------------------------------------------------------
+
+CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FILE = "discohead.pt"
+"""One file per checkpoint: ``{"format_version", "config", "model", "optimizer", "step", ...}``."""

@@ -1,0 +1,46 @@
+import torch
+
+from discohead.expression_control_decoder import AudioEncoder, EyeEncoder, ModulatedConv2d
+
+
+def styled_conv(fused: bool = False) -> ModulatedConv2d:
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(8, 6, 3, style_dim=5, fused=fused)
+    torch.nn.init.normal_(conv.style.weight)
+    return conv
+
+
+def test_every_demodulated_filter_has_unit_norm():
+    conv = styled_conv()
+    style = conv.style(torch.randn(4, 5))
+    weight = conv.demodulated_weight(style)
+    norms = weight.flatten(2).norm(dim=2)
+    torch.testing.assert_close(norms, torch.ones(4, 6), atol=1e-5, rtol=0)
+
+
+def test_fused_and_activation_scaling_modulation_agree():
+    x, f_exp = torch.randn(3, 8, 10, 10), torch.randn(3, 5)
+    unfused, fused = styled_conv(fused=False), styled_conv(fused=True)
+    torch.testing.assert_close(unfused(x, f_exp), fused(x, f_exp), atol=1e-5, rtol=1e-5)
+
+
+def test_modulation_starts_as_identity_style():
+    conv = ModulatedConv2d(4, 4, 3, style_dim=7)
+    torch.testing.assert_close(conv.style(torch.randn(2, 7)), torch.ones(2, 4))
+
+
+def test_style_changes_the_output():
+    conv = styled_conv()
+    x = torch.randn(1, 8, 6, 6).expand(2, -1, -1, -1)
+    out = conv(x, torch.randn(2, 5))
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_audio_encoder_shapes():
+    encoder = AudioEncoder(n_mels=80, channels=32, embedding=16)
+    assert encoder(torch.randn(3, 80, 40)).shape == (3, 16)
+
+
+def test_eye_encoder_shapes():
+    encoder = EyeEncoder((8, 8, 8, 8, 8), embedding=4, input_scale=0.5)
+    assert encoder(torch.rand(2, 3, 64, 64)).shape == (2, 4)
