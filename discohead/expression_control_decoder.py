@@ -7,6 +7,8 @@ and a 7x7 convolution produce the frame.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,10 +37,14 @@ class AudioEncoder(nn.Module):
 class EyeEncoder(nn.Module):
     """Five downsampling blocks, global average pooling and two FC layers over the masked eye frame."""
 
-    def __init__(self, channels: tuple[int, ...], embedding: int, input_scale: float) -> None:
+    def __init__(self, channels: tuple[int, ...], embedding: int, input_scale: float, image_size: int) -> None:
         super().__init__()
         self.input_scale = input_scale
-        widths = (3,) + tuple(channels)
+        # Five blocks take the 128-pixel input of a 256-pixel frame to 4x4; smaller frames
+        # use fewer blocks so that the map never shrinks below one pixel.
+        depth = min(len(channels), int(math.log2(image_size * input_scale)))
+        channels = tuple(channels[:depth])
+        widths = (3,) + channels
         self.down = nn.Sequential(*(DownBlock(i, o) for i, o in zip(widths[:-1], widths[1:])))
         hidden = max(channels[-1] // 2, embedding)
         self.head = nn.Sequential(nn.Linear(channels[-1], hidden), nn.ReLU(inplace=True), nn.Linear(hidden, embedding))
@@ -114,7 +120,7 @@ class ExpressionControlDecoder(nn.Module):
     def __init__(self, config: DisCoHeadConfig) -> None:
         super().__init__()
         self.audio_encoder = AudioEncoder(config.n_mels, config.audio_channels, config.audio_embedding)
-        self.eye_encoder = EyeEncoder(config.eye_channels, config.eye_embedding, config.eye_input_scale)
+        self.eye_encoder = EyeEncoder(config.eye_channels, config.eye_embedding, config.eye_input_scale, config.image_size)
         width = config.feature_channels
         self.residual_blocks = nn.ModuleList(
             ModulatedResidualBlock(width, config.style_dim, config.fused_modulation) for _ in range(config.residual_blocks)

@@ -42,5 +42,7 @@ def test_audio_encoder_shapes():
 
 
 def test_eye_encoder_shapes():
-    encoder = EyeEncoder((8, 8, 8, 8, 8), embedding=4, input_scale=0.5)
+    encoder = EyeEncoder((8, 8, 8, 8, 8), embedding=4, input_scale=0.5, image_size=64)
     assert encoder(torch.rand(2, 3, 64, 64)).shape == (2, 4)
+    small = EyeEncoder((8, 8, 8, 8, 8), embedding=4, input_scale=0.5, image_size=32)
+    assert len(small.down) == 4 and small(torch.rand(2, 3, 32, 32)).shape == (2, 4)

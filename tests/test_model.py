@@ -44,11 +44,11 @@ def test_forward_backward_at_64px(variant):
         assert all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("size", [64, 128, 256])
+@pytest.mark.parametrize("size", [32, 64, 128, 256])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_train_step_at_each_image_size(variant, size):
     torch.manual_seed(0)
-    narrow = {} if size == 64 else {"hourglass_max_channels": 64, "feature_channels": 64, "audio_channels": 32, "encoder_channels": 16}
+    narrow = {} if size in (32, 64) else {"hourglass_max_channels": 64, "feature_channels": 64, "audio_channels": 32, "encoder_channels": 16}
     model = DisCoHead.from_variant(variant, image_size=size, **narrow)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     source, head_driver, eye_driver, audio = inputs(2, size)

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from discohead import DisCoHead
+from discohead.contracts import MEL
+from discohead.losses import DisCoHeadLoss
+from discohead.training import comparison_grid, draw_pairs, evaluate_batch, format_eta, model_inputs, train_step
+
+
+def chunk(frames: int = 6, size: int = 32, offset: int = 0) -> dict[str, np.ndarray]:
+    # Frame i is filled with the value offset + i, so pairs reveal which frames were drawn.
+    values = (offset + np.arange(frames, dtype=np.uint8))[:, None, None, None]
+    return {
+        "frames": np.broadcast_to(values, (frames, size, size, 3)).copy(),
+        "mel": np.broadcast_to(np.arange(frames, dtype=np.float16)[:, None, None], (frames, MEL.n_mels, MEL.window_frames)).copy(),
+        "eye_boxes": np.tile(np.array([[0.25, 0.25, 0.75, 0.5]], dtype=np.float32), (frames, 1)),
+    }
+
+
+def test_pairs_come_from_distinct_frames_of_the_same_chunk():
+    pairs = draw_pairs([chunk(offset=0), chunk(offset=100)], pairs_per_chunk=50, rng=np.random.default_rng(0))
+    source, driver = pairs["source"][:, 0, 0, 0].astype(int), pairs["driver"][:, 0, 0, 0].astype(int)
+    assert len(source) == 100
+    assert (source != driver).all()
+    assert (source // 100 == driver // 100).all(), "source and driver must come from the same clip"
+    # The audio window and the eye box are the driver's.
+    np.testing.assert_array_equal(pairs["mel"][:, 0, 0], driver % 100)
+
+
+def test_pairs_are_reproducible_from_the_seed():
+    first = draw_pairs([chunk()], 8, np.random.default_rng(3))
+    second = draw_pairs([chunk()], 8, np.random.default_rng(3))
+    np.testing.assert_array_equal(first["source"], second["source"])
+
+
+def test_model_inputs_mask_the_eye_region_and_resize():
+    pairs = draw_pairs([chunk(size=32)], 4, np.random.default_rng(0))
+    inputs = model_inputs(pairs, image_size=16)
+    assert inputs.source.shape == (4, 3, 16, 16) and inputs.audio.shape == (4, MEL.n_mels, MEL.window_frames)
+    torch.testing.assert_close(inputs.target, inputs.head_driver)
+    assert inputs.eye_driver[:, :, 0, 0].eq(0).all(), "outside the eye box is black"
+    torch.testing.assert_close(inputs.eye_driver[:, :, 5, 8], inputs.head_driver[:, :, 5, 8])
+    with pytest.raises(ValueError, match="smaller than the requested image size 64"):
+        model_inputs(pairs, image_size=64)
+
+
+def test_train_steps_reduce_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    # Smooth frames (blocky noise) that a few steps can start to fit.
+    frames = np.repeat(np.repeat(rng.integers(0, 255, size=(4, 4, 4, 3), dtype=np.uint8), 8, axis=1), 8, axis=2)
+    pairs = {"source": frames, "driver": frames[::-1].copy(), "mel": rng.normal(size=(4, 80, 40)).astype(np.float16), "eye_box": np.tile([0.2, 0.2, 0.8, 0.5], (4, 1)).astype(np.float32)}
+    inputs = model_inputs(pairs, image_size=32)
+    model = DisCoHead.from_variant("affine-nm", image_size=32, hourglass_max_channels=64, feature_channels=64, audio_channels=32, encoder_channels=16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = DisCoHeadLoss(perceptual_weight=0)
+    losses = [train_step(model, loss_fn, optimizer, inputs)["total"] for _ in range(20)]
+    assert losses[-1] < 0.7 * losses[0], losses
+    metrics, prediction = evaluate_batch(model, inputs)
+    assert prediction.shape == inputs.target.shape and 0 < metrics["ssim"] <= 1 and metrics["psnr"] > 0
+    grid = comparison_grid(inputs, prediction, rows=2)
+    assert grid.shape == (64, 160, 3) and grid.dtype == np.uint8
+    np.testing.assert_array_equal(grid[:32, :32], frames[0])
+
+
+def test_eta_format():
+    assert format_eta(1.5, 2401) == "1:00:02"
