@@ -12,20 +12,36 @@ itself (paper §3.2, self-reconstruction).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .contracts import mask_to_eye_region
+from .data.shards import decode_sample, filesystem_for, iter_shard
 from .losses import DisCoHeadLoss
 from .metrics import psnr, ssim
 from .model import DisCoHead
 
 PAIR_KEYS = ("source", "driver", "mel", "eye_box")
 """Columns of a batch of pairs: uint8 (H, W, 3) frames, float16 (n_mels, T) mel window, (4,) eye box."""
+
+
+def training_chunks(row: Mapping[str, Any], storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The chunks of the shard at ``row["path"]`` with the columns training uses.
+
+    Shaped as a Ray Data ``flat_map`` function (a row in, rows out) so that the shards
+    stream through Ray Data; the key is kept for data lineage.
+    """
+    fs, path = filesystem_for(row["path"], storage_options)
+    chunks = []
+    for sample in iter_shard(fs, path):
+        decoded = decode_sample(sample)
+        chunks.append({"key": decoded["__key__"], "frames": decoded["frames"], "mel": decoded["mel"], "eye_boxes": decoded["eye_boxes"]})
+    return chunks
 
 
 def draw_pairs(chunks: Iterable[Mapping[str, np.ndarray]], pairs_per_chunk: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -49,6 +65,30 @@ def draw_pairs(chunks: Iterable[Mapping[str, np.ndarray]], pairs_per_chunk: int,
     return {key: np.concatenate(values) if values else np.empty((0,)) for key, values in columns.items()}
 
 
+def pair_batches(
+    chunk_batches: Iterable[Mapping[str, np.ndarray]],
+    batch_size: int,
+    pairs_per_chunk: int,
+    rng: np.random.Generator,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of ``batch_size`` pairs from a stream of chunk batches (columns ``frames``,
+    ``mel``, ``eye_boxes`` with a leading chunk axis), shuffled within each chunk batch.
+
+    The last incomplete batch of the stream is dropped so that every data-parallel worker
+    takes the same number of steps.
+    """
+    pending: dict[str, np.ndarray] | None = None
+    for columns in chunk_batches:
+        chunks = [{key: columns[key][i] for key in ("frames", "mel", "eye_boxes")} for i in range(len(columns["frames"]))]
+        pairs = draw_pairs(chunks, pairs_per_chunk, rng)
+        order = rng.permutation(len(pairs["source"]))
+        pairs = {key: value[order] for key, value in pairs.items()}
+        pending = pairs if pending is None else {key: np.concatenate([pending[key], pairs[key]]) for key in PAIR_KEYS}
+        while len(pending["source"]) >= batch_size:
+            yield {key: value[:batch_size] for key, value in pending.items()}
+            pending = {key: value[batch_size:] for key, value in pending.items()}
+
+
 @dataclass
 class ModelInputs:
     source: torch.Tensor
@@ -63,7 +103,9 @@ class ModelInputs:
 
 def _frames(frames: torch.Tensor | np.ndarray, image_size: int, device: torch.device | str) -> torch.Tensor:
     """uint8 (B, H, W, 3) to float (B, 3, S, S) in [0, 1], resized (anti-aliased) if needed."""
-    tensor = torch.as_tensor(frames).to(device, non_blocking=True)
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.require(frames, requirements="W"))  # Ray hands out read-only views
+    tensor = frames.to(device, non_blocking=True)
     tensor = tensor.permute(0, 3, 1, 2).float().div_(255)
     if tensor.shape[-1] != image_size or tensor.shape[-2] != image_size:
         if tensor.shape[-1] < image_size:
@@ -76,8 +118,8 @@ def model_inputs(pairs: Mapping[str, torch.Tensor | np.ndarray], image_size: int
     """The model's four inputs and the target from a batch of :func:`draw_pairs` columns."""
     source = _frames(pairs["source"], image_size, device)
     driver = _frames(pairs["driver"], image_size, device)
-    eye_boxes = torch.as_tensor(pairs["eye_box"]).to(device).float()
-    audio = torch.as_tensor(pairs["mel"]).to(device).float()
+    eye_boxes = torch.as_tensor(np.array(pairs["eye_box"])).to(device).float()
+    audio = torch.as_tensor(np.array(pairs["mel"])).to(device).float()
     return ModelInputs(source, driver, mask_to_eye_region(driver, eye_boxes), audio, driver)
 
 

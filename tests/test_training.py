@@ -5,7 +5,7 @@ import torch
 from discohead import DisCoHead
 from discohead.contracts import MEL
 from discohead.losses import DisCoHeadLoss
-from discohead.training import comparison_grid, draw_pairs, evaluate_batch, format_eta, model_inputs, train_step
+from discohead.training import comparison_grid, draw_pairs, evaluate_batch, format_eta, model_inputs, pair_batches, train_step
 
 
 def chunk(frames: int = 6, size: int = 32, offset: int = 0) -> dict[str, np.ndarray]:
@@ -66,3 +66,31 @@ def test_train_steps_reduce_the_loss_on_a_fixed_batch():
 
 def test_eta_format():
     assert format_eta(1.5, 2401) == "1:00:02"
+
+
+def test_pair_batches_have_the_requested_size_and_drop_the_remainder():
+    def stream():
+        for offset in (0, 10, 20):
+            columns = chunk(offset=offset)
+            yield {key: value[None] for key, value in columns.items()}
+
+    batches = list(pair_batches(stream(), batch_size=4, pairs_per_chunk=3, rng=np.random.default_rng(0)))
+    assert [len(batch["source"]) for batch in batches] == [4, 4]
+    drivers = np.concatenate([batch["driver"][:, 0, 0, 0] for batch in batches])
+    assert set(drivers // 10) <= {0, 1, 2}
+
+
+def test_reconstruction_evaluation_scores_model_and_baselines(tmp_path):
+    from discohead.data.synthetic_shards import write_synthetic_shards
+    from discohead.evaluation import evaluate_reconstruction, clips_with_test_frames
+
+    dest = str(tmp_path / "shards")
+    write_synthetic_shards(dest, clips=2, frames_per_clip=30, image_size=32, chunk_frames=10)
+    clips = list(clips_with_test_frames(dest))
+    assert [clip.clip_id for clip in clips] == ["synthetic-0-000", "synthetic-0-001"]
+    assert clips[0].driver.shape == (10, 32, 32, 3) and clips[0].source.shape == (32, 32, 3)
+    model = DisCoHead.from_variant("affine-nm", image_size=32, hourglass_max_channels=32, feature_channels=32, audio_channels=16, encoder_channels=8)
+    scores = evaluate_reconstruction(model, dest, batch_size=4)
+    assert scores["frames"] == 20
+    assert set(scores) == {"frames"} | {f"{name}_{metric}" for name in ("model", "copy", "warp") for metric in ("psnr", "ssim")}
+    assert 5 < scores["copy_psnr"] < 60 and 0 < scores["copy_ssim"] <= 1

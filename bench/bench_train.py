@@ -1,0 +1,211 @@
+"""Training benchmarks: throughput (trainer vs loader) and learning (GRID, affine-nm, CPU budget).
+
+    python bench/bench_train.py throughput [--image-size 128] [--batch-size 8]
+    python bench/bench_train.py learning [--minutes 40] [--image-size 64]
+
+throughput: the training step's samples/s on one worker and the loader's samples/s
+(the job's own Ray Data pipeline: read tars, decode, draw pairs, build model inputs)
+on the same shards, in the same run. On a GPU also bf16 and the MFU against the chip's
+dense bf16 peak.
+
+learning: preprocesses ../shared/data/grid with the preprocessing job (time split:
+the first 80% of each clip trains, the last 20% tests), trains affine-nm with the
+training job for a fixed CPU budget, then scores the test split against two baselines:
+the source frame copied, and the source warped by the predicted head motion alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
+from common import append_report, markdown_table, matmul_gflops  # noqa: E402
+
+from discohead import DisCoHead  # noqa: E402
+from discohead.data.shards import read_manifest  # noqa: E402
+from discohead.data.synthetic_shards import write_synthetic_shards  # noqa: E402
+from discohead.losses import DisCoHeadLoss  # noqa: E402
+from discohead.training import model_inputs, pair_batches, train_step  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GRID = REPO_ROOT.parent / "shared" / "data" / "grid"
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+"""Dense bf16 tensor-core peaks from the vendors' data sheets, for the MFU."""
+
+
+def trainer_samples_per_second(image_size: int, batch_size: int, steps: int, device: str, dtype: torch.dtype | None) -> tuple[float, float]:
+    """(samples/s, model GFLOPs per training sample) of train_step on random frames."""
+    torch.manual_seed(0)
+    model = DisCoHead.from_variant("affine-nm", image_size=image_size).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = DisCoHeadLoss(perceptual_weight=0)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, size=(batch_size, image_size, image_size, 3), dtype=np.uint8)
+    pairs = {"source": frames, "driver": frames[::-1].copy(), "mel": rng.normal(size=(batch_size, 80, 40)).astype(np.float16), "eye_box": np.tile([0.2, 0.2, 0.8, 0.5], (batch_size, 1)).astype(np.float32)}
+    inputs = model_inputs(pairs, image_size, device)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, loss_fn, optimizer, inputs)
+    flops_per_sample = counter.get_total_flops() / batch_size / 1e9
+    for _ in range(2):
+        train_step(model, loss_fn, optimizer, inputs, dtype)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, loss_fn, optimizer, inputs, dtype)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return batch_size * steps / (time.perf_counter() - started), flops_per_sample
+
+
+def loader_samples_per_second(data: str, image_size: int, batch_size: int, pairs_per_chunk: int, minimum_pairs: int) -> float:
+    """Pairs/s through the training job's Ray Data pipeline, read to model inputs."""
+    import ray
+
+    import train as train_job
+
+    args = train_job.parse_args(["--variant", "affine-nm", "--data", data, "--pairs-per-chunk", str(pairs_per_chunk)])
+    manifest = read_manifest(data)
+    ray.init(address="local", num_cpus=os.cpu_count(), logging_level="ERROR")
+    try:
+        dataset = train_job.training_dataset(args, manifest)
+        chunks_per_fetch = max(1, math.ceil(batch_size / pairs_per_chunk))
+        rng = np.random.default_rng(0)
+        list(dataset.limit(1).iter_rows())  # start-up outside the timing
+        pairs, started = 0, time.perf_counter()
+        while pairs < minimum_pairs:
+            stream = dataset.iter_batches(batch_size=chunks_per_fetch, batch_format="numpy", prefetch_batches=2)
+            for batch in pair_batches(stream, batch_size, pairs_per_chunk, rng):
+                pairs += len(model_inputs(batch, image_size).source)
+        return pairs / (time.perf_counter() - started)
+    finally:
+        ray.shutdown()
+
+
+def throughput(args: argparse.Namespace) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory() as folder:
+        data = args.data or str(Path(folder) / "shards")
+        if not args.data:
+            write_synthetic_shards(data, clips=16, frames_per_clip=150, image_size=args.image_size)
+        matmul = matmul_gflops(device)
+        rows = []
+        dtypes = [("fp32", None)] + ([("bf16", torch.bfloat16)] if device == "cuda" else [])
+        trainer = {}
+        for name, dtype in dtypes:
+            rate, gflops = trainer_samples_per_second(args.image_size, args.batch_size, args.steps, device, dtype)
+            trainer[name] = rate
+            achieved = rate * gflops
+            mfu = ""
+            if device == "cuda" and name == "bf16":
+                peak = next((tflops for chip, tflops in BF16_PEAK_TFLOPS.items() if chip in torch.cuda.get_device_name()), None)
+                mfu = f"{achieved / (peak * 1000):.1%}" if peak else "unknown chip"
+            rows.append([f"trainer ({name}, 1 worker)", f"{rate:.2f}", f"{achieved:.0f}", mfu])
+            print(rows[-1], flush=True)
+        loader = loader_samples_per_second(data, args.image_size, args.batch_size, args.pairs_per_chunk, args.loader_pairs)
+        rows.append(["loader (Ray Data, same shards)", f"{loader:.1f}", "", ""])
+        print(rows[-1], flush=True)
+    ratio = loader / trainer["fp32"]
+    table = markdown_table(["stage", "samples/s", "achieved GFLOP/s", "MFU (bf16 peak)"], rows)
+    body = (
+        f"`python bench/bench_train.py throughput`: affine-nm at {args.image_size} px, full widths, batch {args.batch_size} per worker, "
+        f"L1 loss, {device}; fp32 matmul {matmul:.0f} GFLOP/s in the same run. Loader: {args.pairs_per_chunk} pairs per chunk, "
+        f"{'synthetic shards' if not args.data else args.data}.\n\n{table}\n\n"
+        f"Loader / trainer: {ratio:.1f}x (target >= 3x: {'met' if ratio >= 3 else 'MISSED'}).\n"
+    )
+    print(body)
+    if not args.no_report:
+        append_report("Training throughput: trainer vs loader", body)
+
+
+def run(command: list[str], **kwargs) -> None:
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True, **kwargs)
+
+
+def learning(args: argparse.Namespace) -> None:
+    if not GRID.is_dir():
+        sys.exit(f"GRID sample clips not found at {GRID}: the learning benchmark needs ../shared/data/grid")
+    from discohead.evaluation import evaluate_reconstruction
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="discohead-learning-"))
+    data, storage = work / "grid", work / "runs"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    env.pop("RAY_ADDRESS", None)
+    if not (data / "manifest.json").exists():
+        run([sys.executable, str(REPO_ROOT / "pipelines" / "preprocess.py"), "--input", str(GRID), "--output", str(data), "--image-size", str(args.image_size),
+             "--landmarks", "dlib", "--split-mode", "time", "--chunk-frames", str(args.chunk_frames)], env=env)  # fmt: skip
+    manifest = read_manifest(str(data))
+    widths = [f"--model-option={option}" for option in args.model_option]
+    common = [sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), "--variant", "affine-nm", "--data", str(data), "--batch-size", str(args.batch_size),
+              "--lr", str(args.lr), "--perceptual-weight", "0", "--pairs-per-chunk", "4", "--storage", str(storage), "--experiment", "learning", *widths]  # fmt: skip
+
+    # Calibrate the step time, then spend the budget.
+    started = time.perf_counter()
+    run([*common, "--max-steps", "20", "--log-every", "10", "--checkpoint-every", "20"], env=env)
+    calibration = time.perf_counter() - started
+    seconds_per_step = calibration / 20
+    steps = max(40, int(args.minutes * 60 / seconds_per_step * 0.9))
+    print(f"[learning] calibration: {seconds_per_step:.2f} s/step including start-up; training {steps} steps", flush=True)
+    started = time.perf_counter()
+    run([*common, "--max-steps", str(steps), "--resume", "--log-every", "50", "--checkpoint-every", "500"], env=env)
+    minutes = (time.perf_counter() - started + calibration) / 60
+
+    checkpoint = sorted(storage.glob("learning-affine-nm-*/step-*/discohead.pt"))[-1]
+    model = DisCoHead.from_checkpoint(checkpoint)
+    scores = evaluate_reconstruction(model, str(data))
+    rows = [[name, f"{scores[f'{key}_psnr']:.2f}", f"{scores[f'{key}_ssim']:.3f}"] for name, key in (("DisCoHead affine-nm", "model"), ("source copied", "copy"), ("source warped by head motion", "warp"))]
+    margin = scores["model_psnr"] - scores["copy_psnr"]
+    table = markdown_table(["on the GRID test split", "PSNR (dB)", "SSIM"], rows)
+    options = ", ".join(args.model_option) or "paper widths"
+    body = (
+        f"`python bench/bench_train.py learning`: ../shared/data/grid (8 clips) preprocessed at {args.image_size} px with dlib landmarks, "
+        f"split by time ({args.chunk_frames}-frame chunks: first 80% of each clip trains, last 20% tests; {manifest['totals']['chunks']}). "
+        f"affine-nm, {options}, batch {args.batch_size}, Adam {args.lr:g}, L1 only (no VGG weights offline), {steps} steps in {minutes:.1f} min of CPU "
+        f"on the training job. Source = each clip's first frame; {scores['frames']} test frames.\n\n{table}\n\n"
+        f"Model vs copying the source: {margin:+.2f} dB PSNR (target >= +1 dB: {'met' if margin >= 1 else 'MISSED'}).\n"
+    )
+    print(body)
+    if not args.no_report:
+        append_report("Learning: affine-nm on GRID, CPU budget", body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    through = sub.add_parser("throughput")
+    through.add_argument("--image-size", type=int, default=128)
+    through.add_argument("--batch-size", type=int, default=8)
+    through.add_argument("--steps", type=int, default=5)
+    through.add_argument("--pairs-per-chunk", type=int, default=8)
+    through.add_argument("--loader-pairs", type=int, default=2000)
+    through.add_argument("--data", help="shards to read (default: synthetic ones at --image-size)")
+    learn = sub.add_parser("learning")
+    learn.add_argument("--minutes", type=float, default=40)
+    learn.add_argument("--image-size", type=int, default=64)
+    learn.add_argument("--chunk-frames", type=int, default=15)
+    learn.add_argument("--batch-size", type=int, default=16)
+    learn.add_argument("--lr", type=float, default=3e-4)
+    learn.add_argument("--model-option", action="append", default=[])
+    learn.add_argument("--workdir", help="keep the shards and runs here (default: a temporary folder)")
+    for sub_parser in (through, learn):
+        sub_parser.add_argument("--no-report", action="store_true")
+    args = parser.parse_args()
+    throughput(args) if args.mode == "throughput" else learning(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""WebDataset shards and the manifest: encoding samples, publishing, resuming, reading.
+
+Layout under DEST (a local folder or any fsspec URL such as ``s3://bucket/prefix``)::
+
+    train/shard-<run>-<task>-<n>.tar   test/...      finished shards only
+    _commits/<run>-<task>.json                       which clips each write task stored
+    manifest.json                                    written last, from all commits
+
+A write task builds its tars in a local temporary folder, publishes its commit record,
+then publishes the tars (an atomic rename locally, a single PUT on object storage). A
+commit whose tars are not all there was interrupted: the next run deletes what it
+published and redoes its clips, so every clip ends up in the shards exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import webdataset as wds
+from fsspec.implementations.local import LocalFileSystem
+
+from ..contracts import MANIFEST_NAME, SHARD_FORMAT_VERSION, SHARD_KEYS, SPLITS
+
+COMMITS_DIR = "_commits"
+
+
+class ShardFormatError(Exception):
+    """Shards or a manifest this version of the code cannot read."""
+
+
+# --- samples -----------------------------------------------------------------------
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def encode_sample(
+    key: str,
+    frames: np.ndarray,
+    mel: np.ndarray,
+    landmarks: np.ndarray,
+    eye_boxes: np.ndarray,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """One WebDataset sample (``__key__`` plus the :class:`~discohead.contracts.ShardSchema` members)."""
+    if "." in key:
+        raise ValueError(f"sample key {key!r} must not contain '.' (WebDataset splits keys at the first dot)")
+    return {
+        "__key__": key,
+        SHARD_KEYS.frames: _npy_bytes(frames.astype(np.uint8, copy=False)),
+        SHARD_KEYS.mel: _npy_bytes(mel.astype(np.float16, copy=False)),
+        SHARD_KEYS.landmarks: _npy_bytes(landmarks.astype(np.float32, copy=False)),
+        SHARD_KEYS.eye_boxes: _npy_bytes(eye_boxes.astype(np.float32, copy=False)),
+        SHARD_KEYS.meta: json.dumps({**meta, "format_version": SHARD_FORMAT_VERSION}, sort_keys=True).encode(),
+    }
+
+
+def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """Arrays and meta of a raw sample read from a shard; refuses other format versions."""
+    meta = json.loads(sample[SHARD_KEYS.meta])
+    if meta.get("format_version") != SHARD_FORMAT_VERSION:
+        raise ShardFormatError(
+            f"sample {sample.get('__key__')} has shard format {meta.get('format_version')}, this code reads "
+            f"{SHARD_FORMAT_VERSION}: rerun preprocessing with --overwrite"
+        )
+    decoded = {"__key__": sample["__key__"], "meta": meta}
+    for name in ("frames", "mel", "landmarks", "eye_boxes"):
+        decoded[name] = np.load(io.BytesIO(sample[getattr(SHARD_KEYS, name)]), allow_pickle=False)
+    return decoded
+
+
+def sample_size(sample: dict[str, Any]) -> int:
+    return sum(len(value) for name, value in sample.items() if name != "__key__")
+
+
+# --- storage -----------------------------------------------------------------------
+
+
+def filesystem_for(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and the protocol-less root path of ``url``."""
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, root.rstrip("/")
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def publish_file(local_path: str | Path, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
+    """Make a finished local file appear at ``final_path`` all at once.
+
+    Locally: copy next to the target under a dot-name, then atomic rename. Object stores
+    show an object only once its upload completes, so a plain PUT is already atomic.
+    """
+    if is_local(fs):
+        final = Path(final_path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = final.with_name(f".{final.name}.partial")
+        fs.put_file(str(local_path), str(staging))
+        os.replace(staging, final)
+    else:
+        fs.put_file(str(local_path), final_path)
+
+
+def publish_bytes(data: bytes, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
+    with tempfile.NamedTemporaryFile(delete=False) as handle:
+        handle.write(data)
+    try:
+        publish_file(handle.name, fs, final_path)
+    finally:
+        os.unlink(handle.name)
+
+
+@dataclass
+class ClipRecord:
+    """What the manifest says about one input: stored (with its shards) or skipped (with why)."""
+
+    clip_id: str
+    source: str
+    status: str
+    reason: str | None = None
+    detail: str | None = None
+    frames: int = 0
+    decoded_frames: int = 0
+    fps: float = 0.0
+    split: str | None = None
+    chunks: dict[str, int] = field(default_factory=dict)
+    shards: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    started_at: float = 0.0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class _OpenShard:
+    writer: wds.TarWriter
+    local: str
+    relative: str
+    written: int = 0
+
+
+class ShardWriterTask:
+    """Packs the clips of one write task into tars of about ``target_bytes`` per split.
+
+    A clip never straddles two tars of a split, so shards hold whole clips and a commit
+    record can list exactly which clips are complete.
+    """
+
+    def __init__(self, dest: str, storage_options: dict[str, Any] | None, name: str, target_bytes: int):
+        self.fs, self.root = filesystem_for(dest, storage_options)
+        self.name = name
+        self.target_bytes = target_bytes
+        self._workdir = tempfile.mkdtemp(prefix="discohead-shards-")
+        self._open: dict[str, _OpenShard] = {}
+        self._finished: list[tuple[str, str]] = []
+        self._counter = 0
+        self.records: list[ClipRecord] = []
+
+    def _shard(self, split: str) -> _OpenShard:
+        if split not in self._open:
+            relative = f"{split}/shard-{self.name}-{self._counter:03d}.tar"
+            self._counter += 1
+            local = os.path.join(self._workdir, relative.replace("/", "_"))
+            self._open[split] = _OpenShard(wds.TarWriter(local, encoder=False, mtime=0.0), local, relative)
+        return self._open[split]
+
+    def _close(self, split: str) -> None:
+        shard = self._open.pop(split)
+        shard.writer.close()
+        self._finished.append((shard.local, shard.relative))
+
+    def add_clip(self, record: ClipRecord, samples: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Store a clip's samples (``(split, sample)`` pairs) or just its skip record."""
+        by_split: dict[str, list[dict[str, Any]]] = {}
+        for split, sample in samples:
+            by_split.setdefault(split, []).append(sample)
+        for split, split_samples in by_split.items():
+            if split in self._open and self._open[split].written >= self.target_bytes:
+                self._close(split)
+            shard = self._shard(split)
+            for sample in split_samples:
+                shard.writer.write(sample)
+                shard.written += sample_size(sample)
+            record.shards.append(shard.relative)
+            record.chunks[split] = len(split_samples)
+        self.records.append(record)
+
+    def commit(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Publish the commit record, then the tars; returns the commit record."""
+        for split in list(self._open):
+            self._close(split)
+        commit = {
+            "name": self.name,
+            "format_version": SHARD_FORMAT_VERSION,
+            "shards": [relative for _, relative in self._finished],
+            "clips": [record.to_json() for record in self.records],
+            **(extra or {}),
+        }
+        publish_bytes(json.dumps(commit, indent=1).encode(), self.fs, f"{self.root}/{COMMITS_DIR}/{self.name}.json")
+        for local, relative in self._finished:
+            publish_file(local, self.fs, f"{self.root}/{relative}")
+            os.unlink(local)
+        os.rmdir(self._workdir)
+        return commit
+
+
+# --- resume ------------------------------------------------------------------------
+
+
+def load_commits(fs: fsspec.AbstractFileSystem, root: str, repair: bool = True) -> list[dict[str, Any]]:
+    """Commit records whose tars all exist; interrupted ones are rolled back when ``repair``.
+
+    Rolling back deletes the interrupted commit's published tars and its record, so its
+    clips count as not done and are processed again.
+    """
+    commit_dir = f"{root}/{COMMITS_DIR}"
+    if not fs.exists(commit_dir):
+        return []
+    existing = set()
+    for split in SPLITS:
+        if fs.exists(f"{root}/{split}"):
+            for path in fs.ls(f"{root}/{split}", detail=False):
+                name = Path(path).name
+                if name.endswith(".partial") and repair:
+                    fs.rm_file(path)
+                else:
+                    existing.add(f"{split}/{name}")
+    complete = []
+    for path in sorted(fs.ls(commit_dir, detail=False)):
+        if not path.endswith(".json"):
+            continue
+        commit = json.loads(fs.cat_file(path))
+        if all(shard in existing for shard in commit["shards"]):
+            complete.append(commit)
+        elif repair:
+            for shard in commit["shards"]:
+                if shard in existing:
+                    fs.rm_file(f"{root}/{shard}")
+            fs.rm_file(path)
+    return complete
+
+
+def remove_outputs(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    """Delete everything a previous run wrote under ``root`` (for ``--overwrite``)."""
+    for name in (*SPLITS, COMMITS_DIR):
+        if fs.exists(f"{root}/{name}"):
+            fs.rm(f"{root}/{name}", recursive=True)
+    if fs.exists(f"{root}/{MANIFEST_NAME}"):
+        fs.rm_file(f"{root}/{MANIFEST_NAME}")
+
+
+# --- manifest ----------------------------------------------------------------------
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Stable short hash of the settings that change a shard's bytes."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_manifest(
+    config: dict[str, Any],
+    commits: list[dict[str, Any]],
+    listing_skips: list[dict[str, Any]],
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest: config and hash, format version, every clip, every skipped input, totals."""
+    clips = sorted((clip for commit in commits for clip in commit["clips"]), key=lambda clip: clip["clip_id"])
+    stored = [clip for clip in clips if clip["status"] == "ok"]
+    skipped = [clip for clip in clips if clip["status"] != "ok"] + listing_skips
+    skip_counts: dict[str, int] = {}
+    for clip in skipped:
+        skip_counts[clip["reason"]] = skip_counts.get(clip["reason"], 0) + 1
+    shards = {split: sorted(shard for commit in commits for shard in commit["shards"] if shard.startswith(f"{split}/")) for split in SPLITS}
+    return {
+        "format_version": SHARD_FORMAT_VERSION,
+        "config": config,
+        "config_hash": config_hash(config),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run": run,
+        "shards": shards,
+        "clips": stored,
+        "skipped": skipped,
+        "totals": {
+            "clips": len(stored),
+            "skipped": len(skipped),
+            "skipped_by_reason": dict(sorted(skip_counts.items())),
+            "frames": sum(clip["frames"] for clip in stored),
+            "chunks": {split: sum(clip["chunks"].get(split, 0) for clip in stored) for split in SPLITS},
+            "seconds": round(sum(clip["frames"] / clip["fps"] for clip in stored if clip["fps"]), 3),
+        },
+    }
+
+
+def write_manifest(fs: fsspec.AbstractFileSystem, root: str, manifest: dict[str, Any]) -> None:
+    publish_bytes(json.dumps(manifest, indent=1).encode(), fs, f"{root}/{MANIFEST_NAME}")
+
+
+def read_manifest(dest: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of a preprocessed dataset; refuses other shard format versions."""
+    fs, root = filesystem_for(dest, storage_options)
+    path = f"{root}/{MANIFEST_NAME}"
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{dest} has no {MANIFEST_NAME}: run pipelines/preprocess.py --output {dest} first")
+    manifest = json.loads(fs.cat_file(path))
+    if manifest.get("format_version") != SHARD_FORMAT_VERSION:
+        raise ShardFormatError(
+            f"{dest} holds shard format {manifest.get('format_version')}, this code reads {SHARD_FORMAT_VERSION}: "
+            "rerun preprocessing with --overwrite"
+        )
+    return manifest
+
+
+# --- reading -----------------------------------------------------------------------
+
+
+def iter_shard(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[dict[str, Any]]:
+    """Raw samples of one tar, grouped by key with webdataset's own iterators."""
+    with fs.open(path, "rb") as handle:
+        files = wds.tariterators.tar_file_expander([{"url": path, "stream": handle}])
+        for sample in wds.tariterators.group_by_keys(files):
+            sample.pop("__url__", None)
+            yield sample
+
+
+def iter_split(dest: str, split: str, storage_options: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Decoded samples of one split, in manifest order (the training job's entry point)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    manifest = read_manifest(dest, storage_options)
+    fs, root = filesystem_for(dest, storage_options)
+    for shard in manifest["shards"][split]:
+        for sample in iter_shard(fs, f"{root}/{shard}"):
+            yield decode_sample(sample)

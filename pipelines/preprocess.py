@@ -1,0 +1,309 @@
+"""Preprocessing job: raw talking-head videos to face-cropped WebDataset shards.
+
+    python pipelines/preprocess.py --input SRC [--input SRC ...] --output DEST [options]
+    ray job submit --address http://HEAD:8265 -- python pipelines/preprocess.py ...
+
+Run directly it starts a local Ray; under ``ray job submit`` it joins the cluster. The
+work itself lives in ``discohead.data``; this file only wires it into Ray Data:
+list inputs -> process clips (actor pool, one landmark model per actor) -> write shards
+(a Datasink packing clips into tars) -> manifest. See docs/preprocessing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pickle
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import ray
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
+
+from discohead.contracts import CHUNK_FRAMES, FPS, IMAGE_SIZE, MANIFEST_NAME, MEL, SPLITS
+from discohead.data.clips import SKIP_REASONS, ClipConfig, assign_clip_splits, clip_id_for, process_clip
+from discohead.data.landmarks import BackendUnavailable, load_landmark_backend
+from discohead.data.shards import (
+    ClipRecord,
+    ShardWriterTask,
+    build_manifest,
+    config_hash,
+    filesystem_for,
+    load_commits,
+    remove_outputs,
+    write_manifest,
+)
+from discohead.data.sources import expand_input, fetch_to_local
+from discohead.data.video import MediaError
+
+
+class UsageError(Exception):
+    """A problem the user fixes by changing the command line or the environment."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--input", action="append", required=True, metavar="SRC", help="folder, glob, list file (.txt) or s3:// prefix; repeatable")
+    parser.add_argument("--output", required=True, metavar="DEST", help="local folder or s3:// prefix")
+    parser.add_argument("--fps", type=int, default=FPS)
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    parser.add_argument("--sample-rate", type=int, default=MEL.sample_rate, help="audio rate; mel settings follow discohead.contracts.MEL")
+    parser.add_argument("--n-mels", type=int, default=MEL.n_mels)
+    parser.add_argument("--landmarks", default="auto", choices=("auto", "dlib", "face-alignment"))
+    parser.add_argument("--split-ratio", type=float, default=0.8, help="fraction of clips (or of each clip's chunks) for train")
+    parser.add_argument("--split-mode", default="clip", choices=("clip", "time"), help="clip: whole clips per split; time: start of each clip train, end test")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the by-clip split")
+    parser.add_argument("--chunk-frames", type=int, default=CHUNK_FRAMES, help="consecutive frames per shard sample (and the granularity of --split-mode time)")
+    parser.add_argument("--shard-size-mb", type=float, default=256.0, help="target size of one tar shard")
+    parser.add_argument("--allow-silent", action="store_true", help="keep clips without an audio stream or with a silent track")
+    parser.add_argument("--max-missing-face", type=float, default=0.2, help="skip a clip when no face is found in more than this fraction of frames")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="skip longer clips (split long videos first)")
+    parser.add_argument("--detect-every", type=int, default=5, help="run the face detector every N frames, track in between")
+    parser.add_argument("--detect-max-side", type=int, default=640, help="frames are shrunk to at most this for face detection")
+    parser.add_argument("--max-frame-side", type=int, default=1920, help="larger frames are shrunk to this before cropping")
+    parser.add_argument("--workers", type=int, default=None, help="clip-processing actors (default: one per CPU of the cluster)")
+    parser.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL from the environment)")
+    parser.add_argument("--overwrite", action="store_true", help="delete DEST's previous output and redo every clip")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, set by `ray job submit`; else a new local Ray)")
+    args = parser.parse_args(argv)
+    if not 0.0 < args.split_ratio < 1.0:
+        parser.error("--split-ratio must be between 0 and 1")
+    if args.image_size < 16 or args.fps < 1 or args.detect_every < 1:
+        parser.error("--image-size must be >= 16, --fps and --detect-every >= 1")
+    return args
+
+
+def clip_config_from(args: argparse.Namespace) -> ClipConfig:
+    mel = dataclasses.replace(MEL, sample_rate=args.sample_rate, n_mels=args.n_mels)
+    return ClipConfig(
+        fps=args.fps,
+        image_size=args.image_size,
+        mel=mel,
+        split_mode=args.split_mode,
+        train_ratio=args.split_ratio,
+        seed=args.seed,
+        chunk_frames=args.chunk_frames,
+        allow_silent=args.allow_silent,
+        max_missing_face=args.max_missing_face,
+        max_seconds=args.max_seconds,
+        detect_every=args.detect_every,
+        detect_max_side=args.detect_max_side,
+        max_frame_side=args.max_frame_side,
+    )
+
+
+def storage_options_from(args: argparse.Namespace) -> dict[str, Any]:
+    """fsspec options for s3:// paths: only the endpoint; credentials stay in the AWS environment."""
+    endpoint = args.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def options_for(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    return storage_options if url.startswith("s3://") else {}
+
+
+# --- Ray Data stages ---------------------------------------------------------------
+
+
+def list_input(row: dict[str, Any], storage_options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Stage 1: one ``--input`` value to the files it names (a miss becomes a ``not_found`` row)."""
+    spec = row["input"]
+    try:
+        found = expand_input(spec, options_for(spec, storage_options))
+    except (OSError, ValueError) as error:
+        return [{"input": spec, "source": None, "error": f"{type(error).__name__}: {error}"}]
+    if not found:
+        return [{"input": spec, "source": None, "error": "matches no file"}]
+    return [{"input": spec, "source": source, "error": None} for source in found]
+
+
+class ClipProcessor:
+    """Stages 2-7 for one clip per call; the landmark model loads once per actor."""
+
+    def __init__(self, backend_name: str, config: ClipConfig, storage_options: dict[str, Any]):
+        import torch
+
+        torch.set_num_threads(1)
+        self.backend, _ = load_landmark_backend(backend_name)
+        self.config = config
+        self.storage_options = storage_options
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        source, clip_id = row["source"], row["clip_id"]
+        started_at, started = time.time(), time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="discohead-clip-") as scratch:
+            try:
+                local = fetch_to_local(source, scratch, options_for(source, self.storage_options))
+                if not os.path.exists(local):
+                    raise MediaError("not_found", "the file does not exist")
+                result = process_clip(local, source, clip_id, self.backend, self.config, row["split"] or None)
+                record, samples = result.record, result.samples
+            except MediaError as error:
+                record, samples = ClipRecord(clip_id, source, "skipped", error.reason, error.detail), []
+            except OSError as error:
+                record, samples = ClipRecord(clip_id, source, "skipped", "unreadable_input", f"{type(error).__name__}: {error}"), []
+            except Exception as error:  # one odd file must not stop the job; the manifest says what happened
+                record, samples = ClipRecord(clip_id, source, "skipped", "failed", f"{type(error).__name__}: {error}"), []
+        elapsed = time.perf_counter() - started
+        record.started_at, record.seconds = round(started_at, 3), round(elapsed, 3)
+        outcome = f"{record.frames} frames" if record.status == "ok" else f"skipped ({record.reason}: {record.detail})"
+        print(f"[preprocess] {clip_id}: {outcome} in {elapsed:.1f}s", flush=True)
+        return {"clip_id": clip_id, "record": json.dumps(record.to_json()), "payload": pickle.dumps(samples)}
+
+
+class ShardDatasink(Datasink):
+    """Stage 8: each write task packs its clips into tars and commits them (see discohead.data.shards)."""
+
+    def __init__(self, dest: str, storage_options: dict[str, Any], run_id: str, target_bytes: int, config_hash: str):
+        self.dest = dest
+        self.storage_options = storage_options
+        self.run_id = run_id
+        self.target_bytes = target_bytes
+        self.config_hash = config_hash
+
+    @property
+    def min_bytes_per_write(self) -> int:
+        return self.target_bytes
+
+    def write(self, blocks, ctx) -> str:
+        """Write this task's clips; returns the commit name (the driver rereads all commits)."""
+        writer = ShardWriterTask(self.dest, self.storage_options, f"{self.run_id}-{ctx.task_idx:05d}", self.target_bytes)
+        for block in blocks:
+            for row in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
+                writer.add_clip(ClipRecord(**json.loads(row["record"])), pickle.loads(row["payload"]))
+        return writer.commit(extra={"config_hash": self.config_hash})["name"]
+
+
+# --- driver ------------------------------------------------------------------------
+
+
+def resolve_backend(name: str) -> str:
+    try:
+        backend, reasons = load_landmark_backend(name)
+    except BackendUnavailable as error:
+        raise UsageError(f"no landmark backend can run here: {error}") from None
+    for reason in reasons:
+        print(f"[preprocess] landmark backend unavailable: {reason}")
+    print(f"[preprocess] landmark backend: {backend.name}")
+    return backend.name
+
+
+def list_inputs(inputs: list[str], storage_options: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    rows = ray.data.from_items([{"input": spec} for spec in inputs]).flat_map(list_input, fn_kwargs={"storage_options": storage_options}).take_all()
+    sources, skipped, seen = [], [], set()
+    for row in rows:
+        if row["source"] is None:
+            skipped.append({"clip_id": None, "source": row["input"], "status": "skipped", "reason": "not_found", "detail": row["error"]})
+        elif row["source"] not in seen:
+            seen.add(row["source"])
+            sources.append(row["source"])
+    return sources, skipped
+
+
+def print_summary(
+    manifest: dict[str, Any], decoded_frames: int, stored_frames: int, process_seconds: float, wall_seconds: float, workers: int
+) -> None:
+    totals = manifest["totals"]
+    print("[preprocess] summary")
+    print(f"  clips written   {totals['clips']} ({totals['chunks']['train']} train / {totals['chunks']['test']} test chunks of {manifest['config']['chunk_frames']} frames)")
+    print(f"  clips skipped   {totals['skipped']}")
+    for reason, count in totals["skipped_by_reason"].items():
+        print(f"    {reason:<16}{count:>4}  {SKIP_REASONS.get(reason, '')}")
+    print(f"  frames          {totals['frames']} ({totals['seconds'] / 60:.2f} min of video)")
+    rate = decoded_frames / process_seconds if process_seconds > 0 else 0.0
+    print(
+        f"  this run        {decoded_frames} frames decoded ({stored_frames} stored) in {process_seconds:.1f}s = "
+        f"{rate:.1f} frames/s ({rate / workers:.1f} per worker)"
+    )
+    print(f"  wall time       {wall_seconds:.1f}s including Ray start-up and listing")
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.time()
+    config = clip_config_from(args)
+    storage_options = storage_options_from(args)
+    dest_options = options_for(args.output, storage_options)
+    fs, root = filesystem_for(args.output, dest_options)
+    if args.overwrite:
+        remove_outputs(fs, root)
+
+    ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+    cpus = ray.cluster_resources().get("CPU", 1)
+    backend_name = resolve_backend(args.landmarks)
+    config_json = {**config.to_json(), "landmarks": backend_name}
+    digest = config_hash(config_json)
+
+    commits = load_commits(fs, root)
+    other = {commit.get("config_hash") for commit in commits} - {digest}
+    if other:
+        raise UsageError(f"{args.output} holds shards made with other settings (config {sorted(other)[0]}); use --overwrite or another --output")
+
+    sources, listing_skips = list_inputs(args.input, storage_options)
+    clip_ids = {source: clip_id_for(source) for source in sources}
+    splits = assign_clip_splits(sorted(clip_ids.values()), config.train_ratio, config.seed) if config.split_mode == "clip" else {}
+    done = {clip["clip_id"] for commit in commits for clip in commit["clips"]}
+    todo = [{"source": s, "clip_id": clip_ids[s], "split": splits.get(clip_ids[s], "")} for s in sources if clip_ids[s] not in done]
+    print(f"[preprocess] {len(sources)} input files: {len(sources) - len(todo)} already done, {len(todo)} to process on {cpus:g} CPUs")
+
+    run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    workers = args.workers or max(1, int(cpus))
+    processed_frames, decoded_frames, process_seconds = 0, 0, 0.0
+    if todo:
+        process_started = time.perf_counter()
+        dataset = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
+            ClipProcessor,
+            fn_constructor_kwargs={"backend_name": backend_name, "config": config, "storage_options": storage_options},
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=1,
+        )
+        sink = ShardDatasink(args.output, dest_options, run_id, int(args.shard_size_mb * 1024 * 1024), digest)
+        dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+        process_seconds = time.perf_counter() - process_started
+        commits = load_commits(fs, root)
+        this_run = [clip for commit in commits if commit["name"].startswith(run_id) for clip in commit["clips"]]
+        processed_frames = sum(clip["frames"] for clip in this_run)
+        decoded_frames = sum(clip.get("decoded_frames", 0) for clip in this_run)
+
+    elapsed = time.time() - started
+    run_info = {
+        "id": run_id,
+        "inputs": args.input,
+        "resumed_clips": len(sources) - len(todo),
+        "processed_clips": len(todo),
+        "workers": workers,
+        "cluster_cpus": cpus,
+        "processed_frames": processed_frames,
+        "decoded_frames": decoded_frames,
+        "process_seconds": round(process_seconds, 3),
+        "wall_seconds": round(elapsed, 3),
+    }
+    manifest = build_manifest(config_json, commits, listing_skips, run_info)
+    write_manifest(fs, root, manifest)
+    print_summary(manifest, decoded_frames, processed_frames, process_seconds, elapsed, workers)
+    if manifest["totals"]["clips"] == 0:
+        print(f"[preprocess] error: no clip was written; the reasons are in {args.output.rstrip('/')}/{MANIFEST_NAME}", file=sys.stderr)
+        return 1
+    print(f"[preprocess] wrote {args.output.rstrip('/')}/{{{','.join(SPLITS)}}}/*.tar and {MANIFEST_NAME}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as error:
+        print(f"[preprocess] error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"[preprocess] error: {error} (check the paths, bucket, endpoint and credentials)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Shard samples, the commit protocol (publish, resume, roll back), manifest and reader."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from discohead.contracts import CHUNK_FRAMES, MANIFEST_NAME, SHARD_FORMAT_VERSION, SHARD_KEYS
+from discohead.data.shards import (
+    COMMITS_DIR,
+    ClipRecord,
+    ShardFormatError,
+    ShardWriterTask,
+    build_manifest,
+    decode_sample,
+    encode_sample,
+    filesystem_for,
+    iter_split,
+    load_commits,
+    read_manifest,
+    write_manifest,
+)
+
+
+def fake_sample(clip_id: str, chunk: int, size: int = 8) -> dict:
+    rng = np.random.default_rng(chunk)
+    return encode_sample(
+        f"{clip_id}_{chunk:04d}",
+        rng.integers(0, 255, (CHUNK_FRAMES, size, size, 3), dtype=np.uint8),
+        rng.normal(size=(CHUNK_FRAMES, 80, 40)),
+        rng.uniform(0, size, (CHUNK_FRAMES, 68, 2)),
+        rng.uniform(0, 1, (CHUNK_FRAMES, 4)),
+        {"clip_id": clip_id, "chunk": chunk},
+    )
+
+
+def write_clips(dest: str, name: str, clips: dict[str, list[str]], options=None, target_bytes: int = 10**9) -> dict:
+    writer = ShardWriterTask(dest, options, name, target_bytes)
+    for clip_id, splits in clips.items():
+        record = ClipRecord(clip_id, f"/videos/{clip_id}.mp4", "ok", frames=len(splits) * CHUNK_FRAMES, fps=25.0)
+        writer.add_clip(record, [(split, fake_sample(clip_id, chunk)) for chunk, split in enumerate(splits)])
+    writer.add_clip(ClipRecord(f"bad-{name}", "/videos/bad.mp4", "skipped", "corrupt", "no frame"), [])
+    return writer.commit(extra={"config_hash": "abc"})
+
+
+def test_sample_round_trip_and_version_check():
+    raw = fake_sample("clip-a", 3)
+    assert set(raw) == {"__key__", *(getattr(SHARD_KEYS, name) for name in ("frames", "mel", "landmarks", "eye_boxes", "meta"))}
+    sample = decode_sample(raw)
+    assert sample["frames"].dtype == np.uint8 and sample["mel"].dtype == np.float16
+    assert sample["meta"] == {"clip_id": "clip-a", "chunk": 3, "format_version": SHARD_FORMAT_VERSION}
+    raw[SHARD_KEYS.meta] = json.dumps({"format_version": SHARD_FORMAT_VERSION + 1}).encode()
+    with pytest.raises(ShardFormatError, match="--overwrite"):
+        decode_sample(raw)
+    with pytest.raises(ValueError, match="must not contain"):
+        encode_sample("a.b", *([np.zeros(1)] * 4), {})
+
+
+def test_writer_packs_whole_clips_and_rolls_over_at_target_size(tmp_path):
+    commit = write_clips(str(tmp_path), "run-00000", {"a": ["train", "train"], "b": ["train"], "c": ["test"]}, target_bytes=1)
+    assert sorted(commit["shards"]) == ["test/shard-run-00000-002.tar", "train/shard-run-00000-000.tar", "train/shard-run-00000-001.tar"]
+    by_clip = {clip["clip_id"]: clip for clip in commit["clips"]}
+    assert by_clip["a"]["shards"] == ["train/shard-run-00000-000.tar"] and by_clip["a"]["chunks"] == {"train": 2}
+    assert by_clip["bad-run-00000"]["status"] == "skipped"
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_interrupted_commit_is_rolled_back(tmp_path):
+    write_clips(str(tmp_path), "run-00000", {"a": ["train"]})
+    broken = write_clips(str(tmp_path), "run-00001", {"b": ["train"], "c": ["test"]})
+    (tmp_path / broken["shards"][1]).unlink()  # killed between publishing its two tars
+    fs, root = filesystem_for(str(tmp_path))
+    commits = load_commits(fs, root)
+    assert [commit["name"] for commit in commits] == ["run-00000"]
+    assert not (tmp_path / broken["shards"][0]).exists()
+    assert not (tmp_path / COMMITS_DIR / "run-00001.json").exists()
+
+
+def test_manifest_and_reader_local(tmp_path):
+    write_clips(str(tmp_path), "run-00000", {"a": ["train", "test"], "b": ["train"]})
+    fs, root = filesystem_for(str(tmp_path))
+    missing = {"clip_id": None, "source": "/nowhere/*.mp4", "status": "skipped", "reason": "not_found", "detail": "matches no file"}
+    manifest = build_manifest({"fps": 25}, load_commits(fs, root), [missing], {"id": "run"})
+    write_manifest(fs, root, manifest)
+    stored = read_manifest(str(tmp_path))
+    assert stored["totals"]["clips"] == 2 and stored["totals"]["frames"] == 3 * CHUNK_FRAMES
+    assert stored["totals"]["skipped_by_reason"] == {"corrupt": 1, "not_found": 1}
+    assert stored["totals"]["chunks"] == {"train": 2, "test": 1}
+    assert len(stored["config_hash"]) == 16 and stored["format_version"] == SHARD_FORMAT_VERSION
+    keys = [sample["__key__"] for sample in iter_split(str(tmp_path), "train")]
+    assert sorted(keys) == ["a_0000", "b_0000"]
+    assert [sample["__key__"] for sample in iter_split(str(tmp_path), "test")] == ["a_0001"]
+
+
+def test_reader_refuses_missing_or_foreign_manifest(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run pipelines/preprocess.py"):
+        read_manifest(str(tmp_path))
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format_version": 0}))
+    with pytest.raises(ShardFormatError):
+        read_manifest(str(tmp_path))
+
+
+def test_shards_on_s3(s3_server):
+    fs = s3_server.filesystem()
+    fs.mkdir("shards-test")
+    options = s3_server.storage_options
+    dest = "s3://shards-test/prepared"
+    write_clips(dest, "run-00000", {"a": ["train"], "b": ["test"]}, options)
+    s3, root = filesystem_for(dest, options)
+    write_manifest(s3, root, build_manifest({}, load_commits(s3, root), [], {}))
+    assert sorted(fs.ls("shards-test/prepared/train")) == ["shards-test/prepared/train/shard-run-00000-000.tar"]
+    assert [sample["__key__"] for sample in iter_split(dest, "test", options)] == ["b_0000"]

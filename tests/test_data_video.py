@@ -1,0 +1,83 @@
+"""Probing (ffmpeg stderr parsing), decoding and audio/video length reconciliation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from discohead.data.video import MediaError, iter_video_frames, parse_ffmpeg_report, probe, reconcile_lengths, scaled_size
+
+GRID_REPORT = """Input #0, mpeg, from 'bbaf2n.mpg':
+  Duration: 00:00:02.98, start: 0.000000, bitrate: 1215 kb/s
+  Stream #0:0[0x1e0]: Video: mpeg1video, yuv420p(tv, progressive), 360x288 [SAR 1:1 DAR 5:4], 104857 kb/s, 25 fps, 50 tbr, 90k tbn
+  Stream #0:1[0x1c0]: Audio: mp2, 44100 Hz, stereo, s16p, 224 kb/s
+At least one output file must be specified
+"""
+
+ROTATED_PHONE_REPORT = """Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'phone.mp4':
+  Duration: 00:01:02.50, start: 0.000000, bitrate: 1688 kb/s
+  Stream #0:0[0x1](und): Video: h264 (High) (avc1 / 0x31637661), yuv420p(tv, bt709), 1920x1080, 1684 kb/s, 29.97 fps, 29.97 tbr, 90k tbn (default)
+    Side data:
+      displaymatrix: rotation of -90.00 degrees
+"""
+
+AUDIO_ONLY_REPORT = """Input #0, wav, from 'speech.wav':
+  Duration: 00:00:02.40, bitrate: 256 kb/s
+  Stream #0:0: Audio: pcm_s16le ([1][0][0][0] / 0x0001), 16000 Hz, 1 channels, s16, 256 kb/s
+"""
+
+
+def test_parse_grid_report():
+    info = parse_ffmpeg_report(GRID_REPORT)
+    assert (info.width, info.height, info.fps, info.audio_rate) == (360, 288, 25.0, 44100)
+    assert info.has_video and info.has_audio and info.duration == pytest.approx(2.98)
+
+
+def test_parse_applies_display_rotation_and_odd_rate():
+    info = parse_ffmpeg_report(ROTATED_PHONE_REPORT)
+    assert (info.width, info.height) == (1080, 1920)
+    assert info.fps == pytest.approx(29.97)
+    assert info.duration == pytest.approx(62.5)
+    assert not info.has_audio
+
+
+def test_parse_audio_only():
+    info = parse_ffmpeg_report(AUDIO_ONLY_REPORT)
+    assert not info.has_video and info.has_audio and info.audio_rate == 16000
+
+
+def test_parse_unrecognised_file():
+    with pytest.raises(MediaError) as error:
+        parse_ffmpeg_report("x.mp4: Invalid data found when processing input\n")
+    assert error.value.reason == "not_a_video"
+
+
+def test_probe_real_files(synthetic_media):
+    info = probe(synthetic_media["fps30.mp4"])
+    assert info.has_video and info.has_audio and info.fps == pytest.approx(30)
+    with pytest.raises(MediaError, match="empty_file"):
+        probe(synthetic_media["zero_bytes.mp4"])
+    with pytest.raises(MediaError, match="not_a_video"):
+        probe(synthetic_media["not_a_video.mp4"])
+
+
+def test_decode_resamples_to_target_fps(synthetic_media):
+    frames = list(iter_video_frames(synthetic_media["fps30.mp4"], 25, 96, 80))
+    assert len(frames) == 60  # 2.4 s at 25 fps, whatever the source rate
+    assert frames[0].shape == (80, 96, 3) and frames[0].dtype == np.uint8
+
+
+def test_scaled_size_keeps_aspect_and_even_sides():
+    assert scaled_size(360, 288, 640) == (360, 288)
+    assert scaled_size(1080, 1920, 640) == (360, 640)
+    assert all(side % 2 == 0 for side in scaled_size(721, 1279, 500))
+
+
+def test_reconcile_pads_small_gaps_and_trims_video_to_short_audio():
+    rate, fps = 16000, 25
+    frames, audio, note = reconcile_lengths(75, np.ones(int(2.95 * rate), np.float32), fps, rate, tolerance_s=0.2)
+    assert frames == 75 and len(audio) == 3 * rate and note is None and audio[-1] == 0
+    frames, audio, note = reconcile_lengths(75, np.ones(2 * rate, np.float32), fps, rate, tolerance_s=0.2)
+    assert frames == 50 and len(audio) == 2 * rate and "shorter" in note
+    frames, audio, _ = reconcile_lengths(50, np.ones(5 * rate, np.float32), fps, rate, tolerance_s=0.2)
+    assert len(audio) == 2 * rate

@@ -1,0 +1,288 @@
+"""End to end: the training job on synthetic shards, with a real MLflow server and Ray.
+
+Each run is the real command line (``python pipelines/train.py ...``) in a subprocess,
+with a tiny model at 32 px so that a run takes seconds of compute. The shards come from
+``discohead.data.synthetic_shards``, written by the preprocessing job's own writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, free_port, repo_env, stop_process_group, venv_binary, wait_until
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = REPO_ROOT / "pipelines" / "train.py"
+TINY_MODEL = [
+    "--image-size", "32",
+    "--model-option", "feature_channels=32", "--model-option", "hourglass_max_channels=32",
+    "--model-option", "audio_channels=16", "--model-option", "encoder_channels=8",
+    "--model-option", "eye_channels=8,8,8,8,8",
+    "--perceptual-weight", "0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 with proxied artifacts."""
+    binary = venv_binary("mlflow")
+    if binary is None:
+        pytest.skip("the mlflow CLI is not installed")
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = open(folder / "server.log", "wb")
+    command = [
+        binary, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            return True
+        except OSError:
+            return process.poll() is not None
+
+    try:
+        wait_until(up, 120, "mlflow server")
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {process.returncode}; see {folder / 'server.log'}")
+        yield uri
+    finally:
+        stop_process_group(process)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    from discohead.data.synthetic_shards import write_synthetic_shards
+
+    dest = tmp_path_factory.mktemp("shards") / "synthetic"
+    write_synthetic_shards(str(dest), clips=4, frames_per_clip=150, image_size=32, seed=0)
+    return str(dest)
+
+
+def train(*arguments: str, mlflow_uri: str, cwd: Path, timeout: float = 420) -> subprocess.CompletedProcess:
+    env = repo_env(MLFLOW_TRACKING_URI=mlflow_uri, PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, str(SCRIPT), *arguments], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_runs(uri: str, experiment: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def test_two_workers_train_on_different_samples(shards, mlflow_server, tmp_path):
+    result = train(
+        "--variant", "affine-nm", "--data", shards, "--num-workers", "2", "--batch-size", "4", "--max-steps", "4",
+        "--log-every", "2", "--checkpoint-every", "4", "--storage", str(tmp_path / "runs"), "--experiment", "two-workers",
+        *TINY_MODEL, mlflow_uri=mlflow_server, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "step 4/4" in result.stdout + result.stderr
+    (run,) = mlflow_runs(mlflow_server, "two-workers")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    keys = []
+    for rank in (0, 1):
+        path = client.download_artifacts(run.info.run_id, f"data/rank-{rank}-chunks.txt", str(tmp_path))
+        keys.append(set(Path(path).read_text().split()))
+    assert keys[0] and keys[1], "each worker read chunks"
+    assert not keys[0] & keys[1], "the two workers saw different chunks"
+    assert run.data.params["num_workers"] == "2" and run.data.params["global_batch_size"] == "4"
+    assert "data_config_hash" in run.data.params and "code_version" in run.data.params
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoint", "samples", "data"} <= artifacts
+    import mlflow
+
+    from discohead.tracking import load_model
+
+    assert load_model(run.info.run_id, mlflow_server).config.variant == "affine-nm"
+    mlflow.set_tracking_uri(mlflow_server)
+    assert mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model").config.image_size == 32
+
+
+def test_all_variants_give_four_comparable_runs(shards, mlflow_server, tmp_path):
+    result = train(
+        "--variant", "all", "--data", shards, "--num-workers", "1", "--batch-size", "2", "--max-steps", "2",
+        "--log-every", "1", "--checkpoint-every", "2", "--storage", str(tmp_path / "runs"), "--experiment", "all-variants",
+        *TINY_MODEL, mlflow_uri=mlflow_server, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = mlflow_runs(mlflow_server, "all-variants")
+    assert sorted(run.data.tags["discohead.variant"] for run in runs) == ["affine-dm", "affine-nm", "tps-dm", "tps-nm"]
+    metric_keys = {frozenset(run.data.metrics) for run in runs}
+    assert len(metric_keys) == 1, f"runs differ in metric names: {metric_keys}"
+    assert {"loss_total", "loss_l1", "psnr", "ssim", "samples_per_second"} <= set(next(iter(metric_keys)))
+
+
+def test_loss_decreases_and_resume_continues_the_step_count(shards, mlflow_server, tmp_path):
+    common = [
+        "--variant", "tps-nm", "--data", shards, "--batch-size", "4", "--lr", "1e-3", "--log-every", "5",
+        "--checkpoint-every", "10", "--storage", str(tmp_path / "runs"), "--experiment", "resume", *TINY_MODEL,
+    ]  # fmt: skip
+    first = train(*common, "--max-steps", "20", mlflow_uri=mlflow_server, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    second = train(*common, "--max-steps", "40", "--resume", mlflow_uri=mlflow_server, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming from step 20" in second.stdout + second.stderr
+
+    (run,) = mlflow_runs(mlflow_server, "resume")
+    history = metric_history(mlflow_server, run.info.run_id, "loss_total")
+    assert [step for step, _ in history] == [5, 10, 15, 20, 25, 30, 35, 40], "the resumed run continues at step 21"
+    assert history[-1][1] < 0.8 * history[0][1], f"loss did not decrease: {history}"
+    checkpoints = sorted(path.name for path in next((tmp_path / "runs").iterdir()).glob("step-*"))
+    assert checkpoints[-1] == "step-00000040"
+
+
+def train_worker_pids(root: int) -> list[int]:
+    """Ray Train worker processes descending from ``root`` (the training job we started)."""
+    parents, titles = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                titles[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            if pid == root:
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
+    return [pid for pid, title in titles.items() if b"RayTrainWorker" in title and descends(pid)]
+
+
+def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(shards, mlflow_server, tmp_path):
+    storage = tmp_path / "runs"
+    env = repo_env(MLFLOW_TRACKING_URI=mlflow_server, PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    command = [
+        sys.executable, str(SCRIPT), "--variant", "affine-dm", "--data", shards, "--batch-size", "4", "--max-steps", "100",
+        "--log-every", "10", "--checkpoint-every", "10", "--storage", str(storage), "--experiment", "failover",
+        "--max-failures", "2", *TINY_MODEL,
+    ]  # fmt: skip
+    log_path = tmp_path / "train.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            # Wait until Ray Train's controller has registered a checkpoint (it writes its
+            # snapshot then); a report reaches it up to a health-check interval after the
+            # checkpoint's files are written.
+            wait_until(lambda: any(storage.glob("*/checkpoint_manager_snapshot.json")) or process.poll() is not None, 300, "a registered checkpoint")
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            pids = train_worker_pids(process.pid)
+            assert pids, "no Ray Train worker process found"
+            os.kill(pids[0], signal.SIGKILL)
+            process.wait(timeout=420)
+        finally:
+            stop_process_group(process)
+    output = log_path.read_text()
+    assert process.returncode == 0, output[-4000:]
+    resumed = [line for line in output.splitlines() if "resuming from step" in line]
+    assert resumed and "resuming from step 0" not in resumed[0], output[-4000:]
+    (run,) = mlflow_runs(mlflow_server, "failover")
+    assert max(step for step, _ in metric_history(mlflow_server, run.info.run_id, "loss_total")) == 100
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--data", "/nonexistent/shards"], "has no manifest.json: run pipelines/preprocess.py"),
+        (["--image-size", "64"], "larger than the shards' 32 px"),
+        (["--use-gpu"], "no CUDA GPU: drop --use-gpu"),
+        (["--batch-size", "3", "--num-workers", "2"], "does not split evenly"),
+        (["--model-option", "colour=blue"], "'colour' is not a model option"),
+    ],
+)
+def test_bad_input_fails_fast_with_one_line(shards, tmp_path, capsys, arguments, message):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import train as train_job
+
+    base = {"--variant": "affine-nm", "--data": shards}
+    argv = [item for key, value in base.items() if key not in arguments for item in (key, value)] + arguments
+    started = time.monotonic()
+    assert train_job.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error, error
+    assert time.monotonic() - started < 30, "checks run before any Ray worker starts"
+
+
+def test_incompatible_shard_format_and_unknown_variant_are_refused(shards, tmp_path, capsys):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import train as train_job
+
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((Path(shards) / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 0}))
+    assert train_job.main(["--variant", "affine-nm", "--data", str(old)]) == 2
+    assert "shard format 0" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.json").write_text(json.dumps({**manifest, "shards": {"train": [], "test": []}, "totals": {**manifest["totals"], "chunks": {"train": 0, "test": 0}}}))
+    assert train_job.main(["--variant", "affine-nm", "--data", str(empty)]) == 2
+    assert "has no training shards" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        train_job.main(["--variant", "affine", "--data", shards])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'affine'" in capsys.readouterr().err
+
+
+def test_ray_job_submit_with_s3_shards_and_checkpoints(ray_head, s3_server, mlflow_server, tmp_path):
+    from discohead.data.synthetic_shards import write_synthetic_shards
+
+    filesystem = s3_server.filesystem()
+    filesystem.mkdir("training")
+    write_synthetic_shards("s3://training/shards", clips=2, frames_per_clip=100, image_size=32, storage_options=s3_server.storage_options)
+    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server}})
+    command = [
+        venv_binary("ray"), "job", "submit", "--address", ray_head.dashboard, "--runtime-env-json", runtime_env, "--",
+        sys.executable, str(SCRIPT), "--variant", "affine-nm", "--data", "s3://training/shards", "--batch-size", "2",
+        "--max-steps", "2", "--log-every", "1", "--checkpoint-every", "2", "--storage", "s3://training/runs",
+        "--experiment", "submitted", *TINY_MODEL,
+    ]  # fmt: skip
+    result = subprocess.run(command, env=ray_head.client_env, capture_output=True, text=True, timeout=420)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "succeeded" in output
+    checkpoints = filesystem.glob("training/runs/submitted-affine-nm-*/step-00000002/discohead.pt")
+    assert checkpoints, filesystem.find("training/runs")
+    from discohead import DisCoHead
+
+    with filesystem.open(checkpoints[0], "rb") as handle:
+        import torch
+
+        model = DisCoHead.from_checkpoint(torch.load(handle, weights_only=True))
+    assert model.config.variant == "affine-nm" and model.config.image_size == 32
+    assert len(mlflow_runs(mlflow_server, "submitted")) == 1
+    from conftest import S3_SECRET
+
+    assert S3_SECRET not in output
