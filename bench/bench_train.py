@@ -151,15 +151,22 @@ def learning(args: argparse.Namespace) -> None:
     manifest = read_manifest(str(data))
     widths = [f"--model-option={option}" for option in args.model_option]
     common = [sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), "--variant", "affine-nm", "--data", str(data), "--batch-size", str(args.batch_size),
-              "--lr", str(args.lr), "--perceptual-weight", "0", "--pairs-per-chunk", "4", "--storage", str(storage), "--experiment", "learning", *widths]  # fmt: skip
+              "--lr", str(args.lr), "--perceptual-weight", "0", "--pairs-per-chunk", "4", "--storage", str(storage), "--experiment", "learning",
+              "--cpus-per-worker", str(os.cpu_count()), *widths]  # fmt: skip
 
-    # Calibrate the step time, then spend the budget.
+    # Calibrate: the steady step time from the run's own samples/s, then spend the budget
+    # (less the calibration and one more start-up).
     started = time.perf_counter()
-    run([*common, "--max-steps", "20", "--log-every", "10", "--checkpoint-every", "20"], env=env)
+    run([*common, "--max-steps", "30", "--log-every", "10", "--checkpoint-every", "30"], env=env)
     calibration = time.perf_counter() - started
-    seconds_per_step = calibration / 20
-    steps = max(40, int(args.minutes * 60 / seconds_per_step * 0.9))
-    print(f"[learning] calibration: {seconds_per_step:.2f} s/step including start-up; training {steps} steps", flush=True)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (run_info,) = client.search_runs([client.get_experiment_by_name("learning").experiment_id])
+    samples_per_second = client.get_metric_history(run_info.info.run_id, "samples_per_second")[-1].value
+    seconds_per_step = args.batch_size / samples_per_second
+    steps = 30 + max(10, int((args.minutes * 60 - 2 * calibration) / seconds_per_step))
+    print(f"[learning] calibration: {seconds_per_step:.2f} s/step steady, {calibration:.0f}s for 30 steps with start-up; training to step {steps}", flush=True)
     started = time.perf_counter()
     run([*common, "--max-steps", str(steps), "--resume", "--log-every", "50", "--checkpoint-every", "500"], env=env)
     minutes = (time.perf_counter() - started + calibration) / 60
@@ -174,7 +181,7 @@ def learning(args: argparse.Namespace) -> None:
     body = (
         f"`python bench/bench_train.py learning`: ../shared/data/grid (8 clips) preprocessed at {args.image_size} px with dlib landmarks, "
         f"split by time ({args.chunk_frames}-frame chunks: first 80% of each clip trains, last 20% tests; {manifest['totals']['chunks']}). "
-        f"affine-nm, {options}, batch {args.batch_size}, Adam {args.lr:g}, L1 only (no VGG weights offline), {steps} steps in {minutes:.1f} min of CPU "
+        f"affine-nm, {options}, batch {args.batch_size}, Adam {args.lr:g}, L1 only (no VGG weights offline), one worker with all {os.cpu_count()} CPUs, {steps} steps in {minutes:.1f} min "
         f"on the training job. Source = each clip's first frame; {scores['frames']} test frames.\n\n{table}\n\n"
         f"Model vs copying the source: {margin:+.2f} dB PSNR (target >= +1 dB: {'met' if margin >= 1 else 'MISSED'}).\n"
     )

@@ -26,6 +26,7 @@ import ray
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
+from cli_support import UsageError, run_job, s3_options
 from discohead.contracts import CHUNK_FRAMES, FPS, IMAGE_SIZE, MANIFEST_NAME, MEL, SPLITS
 from discohead.data.clips import SKIP_REASONS, ClipConfig, assign_clip_splits, clip_id_for, process_clip
 from discohead.data.landmarks import BackendUnavailable, load_landmark_backend
@@ -41,10 +42,6 @@ from discohead.data.shards import (
 )
 from discohead.data.sources import expand_input, fetch_to_local
 from discohead.data.video import MediaError
-
-
-class UsageError(Exception):
-    """A problem the user fixes by changing the command line or the environment."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,9 +96,8 @@ def clip_config_from(args: argparse.Namespace) -> ClipConfig:
 
 
 def storage_options_from(args: argparse.Namespace) -> dict[str, Any]:
-    """fsspec options for s3:// paths: only the endpoint; credentials stay in the AWS environment."""
-    endpoint = args.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL")
-    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    """fsspec options for s3:// paths (see cli_support.s3_options)."""
+    return s3_options("s3://", args.s3_endpoint)
 
 
 def options_for(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
@@ -294,15 +290,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as error:
-        print(f"[preprocess] error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"[preprocess] error: {error} (check the paths, bucket, endpoint and credentials)", file=sys.stderr)
-        return 2
+    return run_job("preprocess", run, parse_args(argv))
 
 
 if __name__ == "__main__":

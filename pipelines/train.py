@@ -29,8 +29,9 @@ import ray.train
 import ray.train.torch
 import torch
 
+from cli_support import UsageError, run_job, s3_options
 from discohead import VARIANTS, DisCoHead, DisCoHeadConfig, __version__
-from discohead.contracts import CHECKPOINT_FILE
+from discohead.contracts import CHECKPOINT_FILE, MelSettings
 from discohead.data.shards import ShardFormatError, iter_split, read_manifest
 from discohead.losses import DisCoHeadLoss
 from discohead.pretrained import PretrainedWeightsUnavailable
@@ -40,10 +41,6 @@ from discohead.training import comparison_grid, draw_pairs, evaluate_batch, form
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_TAG = "discohead.train_run"
 VARIANT_TAG = "discohead.variant"
-
-
-class UsageError(Exception):
-    """A problem the user fixes by changing the command line or the environment."""
 
 
 # --- arguments ---------------------------------------------------------------------
@@ -104,9 +101,7 @@ def model_overrides(options: list[str]) -> dict[str, Any]:
 
 
 def storage_options(args: argparse.Namespace, url: str) -> dict[str, Any]:
-    """fsspec options for an s3:// URL: the endpoint only; credentials stay in the AWS environment."""
-    endpoint = args.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL")
-    return {"client_kwargs": {"endpoint_url": endpoint}} if url.startswith("s3://") and endpoint else {}
+    return s3_options(url, args.s3_endpoint)
 
 
 # --- checks before any worker starts -------------------------------------------------
@@ -154,6 +149,10 @@ def plan(args: argparse.Namespace) -> Plan:
         pairs_per_epoch = train_chunks * args.pairs_per_chunk
         max_steps = max(1, int(args.epochs * pairs_per_epoch // args.batch_size))
     overrides = model_overrides(args.model_option)
+    mel = manifest["config"].get("mel")
+    if mel:  # the audio input follows the shards' mel settings
+        settings = MelSettings(**mel)
+        overrides.update(n_mels=settings.n_mels, audio_frames=settings.window_frames)
     try:
         DisCoHeadConfig.for_variant("affine-dm", image_size=image_size, **overrides)
     except (TypeError, ValueError) as error:
@@ -526,12 +525,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as error:
-        print(f"[train] error: {error}", file=sys.stderr)
-        return 2
+    return run_job("train", run, parse_args(argv))
 
 
 if __name__ == "__main__":
