@@ -121,3 +121,13 @@ def test_by_time_split_puts_the_end_of_each_clip_in_test():
     assert time_split(10, 0.8) == ["train"] * 8 + ["test"] * 2
     assert time_split(2, 0.8) == ["train", "test"]
     assert time_split(1, 0.8) == ["train"]
+
+
+def test_chunk_frames_sets_the_sample_length_and_the_time_split(synthetic_media, backend):
+    config = ClipConfig(image_size=64, chunk_frames=12, split_mode="time", train_ratio=0.8)
+    result = process_clip(synthetic_media["good_a.mp4"], "src", "good-a", backend, config, None)
+    splits = [split for split, _ in result.samples]
+    assert len(splits) == 5 and splits == ["train"] * 4 + ["test"], splits
+    first = decode_sample(result.samples[1][1])
+    assert first["frames"].shape[0] == 12 and first["meta"]["first_frame"] == 12
+    assert result.record.frames == 60 and config.to_json()["chunk_frames"] == 12
