@@ -276,7 +276,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _move_optimizer_state(optimizer, device)
     core = model.module if hasattr(model, "module") else model
 
-    tracker = _Tracker(config, rank) if rank == 0 else None
+    tracker = _Tracker(config) if rank == 0 else None
     test_inputs = model_inputs(config["test_pairs"], model_config.image_size, device) if rank == 0 else None
     autocast = torch.bfloat16 if device.type == "cuda" else None
     shard = ray.train.get_dataset_shard("train")
@@ -364,19 +364,19 @@ def _log_seen_keys(config: dict[str, Any], rank: int, keys: list[str]) -> None:
 class _Tracker:
     """Rank 0's console progress and MLflow logging."""
 
-    def __init__(self, config: dict[str, Any], rank: int) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(config["tracking_uri"])
         self.run_id = config["mlflow_run_id"]
         self.variant = config["model"]["variant"]
         self.max_steps = config["max_steps"]
-        self.model_config = config["model"]
 
     def log(self, metrics: dict[str, float], step: int, seconds_per_step: float) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        metrics = {**metrics, "eta_seconds": seconds_per_step * (self.max_steps - step)}
         self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
         print(
             f"[train {self.variant}] step {step}/{self.max_steps}  loss {metrics['loss_total']:.4f}  "

@@ -7,6 +7,7 @@ the fixture started. A fixture skips with a reason only when its binary is missi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -96,6 +97,29 @@ class S3Server:
         return {"key": "testing", "secret": S3_SECRET, "client_kwargs": {"endpoint_url": self.endpoint}}
 
 
+@contextlib.contextmanager
+def http_service(name: str, command: list[str], probe_url: str, log_dir: Path, timeout: float = 120) -> Iterator[subprocess.Popen]:
+    """Start a server in its own session, wait until ``probe_url`` answers, stop it by pid."""
+    log = open(log_dir / f"{name}.log", "wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(probe_url, timeout=2)
+            return True
+        except OSError:
+            return process.poll() is not None
+
+    try:
+        wait_until(up, timeout, name)
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}; see {log_dir / f'{name}.log'}")
+        yield process
+    finally:
+        stop_process_group(process)
+        log.close()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     """moto in server mode: a real S3-compatible HTTP endpoint, like s3fs's own tests."""
@@ -103,21 +127,8 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     if binary is None:
         pytest.skip("moto_server not installed (pip install 'moto[server]')")
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            return True
-        except OSError:
-            return process.poll() is not None
-
-    try:
-        wait_until(up, 60, "moto_server")
-        if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {process.returncode}")
+    with http_service("moto_server", [binary, "-H", "127.0.0.1", "-p", str(port)], endpoint, tmp_path_factory.mktemp("moto"), timeout=60):
         env = {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": S3_SECRET,
@@ -125,9 +136,23 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
             "AWS_ENDPOINT_URL": endpoint,
         }
         yield S3Server(endpoint, env)
-    finally:
-        stop_process_group(process)
-        log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """A real MLflow tracking server on 127.0.0.1 (SQLite store, proxied artifacts); yields its URI."""
+    binary = venv_binary("mlflow")
+    if binary is None:
+        pytest.skip("the mlflow CLI is not installed")
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    command = [
+        binary, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
+    ]  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    with http_service("mlflow_server", command, f"{uri}/health", folder):
+        yield uri
 
 
 # --- Ray ---------------------------------------------------------------------------

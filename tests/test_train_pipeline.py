@@ -13,12 +13,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, free_port, repo_env, stop_process_group, venv_binary, wait_until
+from conftest import REPO_ROOT, repo_env, stop_process_group, venv_binary, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -30,39 +29,6 @@ TINY_MODEL = [
     "--model-option", "eye_channels=8,8,8,8,8",
     "--perceptual-weight", "0",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server on 127.0.0.1 with proxied artifacts."""
-    binary = venv_binary("mlflow")
-    if binary is None:
-        pytest.skip("the mlflow CLI is not installed")
-    folder = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = open(folder / "server.log", "wb")
-    command = [
-        binary, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            return True
-        except OSError:
-            return process.poll() is not None
-
-    try:
-        wait_until(up, 120, "mlflow server")
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {process.returncode}; see {folder / 'server.log'}")
-        yield uri
-    finally:
-        stop_process_group(process)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +102,7 @@ def test_all_variants_give_four_comparable_runs(shards, mlflow_server, tmp_path)
     assert sorted(run.data.tags["discohead.variant"] for run in runs) == ["affine-dm", "affine-nm", "tps-dm", "tps-nm"]
     metric_keys = {frozenset(run.data.metrics) for run in runs}
     assert len(metric_keys) == 1, f"runs differ in metric names: {metric_keys}"
-    assert {"loss_total", "loss_l1", "psnr", "ssim", "samples_per_second"} <= set(next(iter(metric_keys)))
+    assert {"loss_total", "loss_l1", "psnr", "ssim", "samples_per_second", "eta_seconds"} <= set(next(iter(metric_keys)))
 
 
 def test_loss_decreases_and_resume_continues_the_step_count(shards, mlflow_server, tmp_path):

@@ -79,18 +79,3 @@ def test_pair_batches_have_the_requested_size_and_drop_the_remainder():
     drivers = np.concatenate([batch["driver"][:, 0, 0, 0] for batch in batches])
     assert set(drivers // 10) <= {0, 1, 2}
 
-
-def test_reconstruction_evaluation_scores_model_and_baselines(tmp_path):
-    from discohead.data.synthetic_shards import write_synthetic_shards
-    from discohead.evaluation import evaluate_reconstruction, clips_with_test_frames
-
-    dest = str(tmp_path / "shards")
-    write_synthetic_shards(dest, clips=2, frames_per_clip=30, image_size=32, chunk_frames=10)
-    clips = list(clips_with_test_frames(dest))
-    assert [clip.clip_id for clip in clips] == ["synthetic-0-000", "synthetic-0-001"]
-    assert clips[0].driver.shape == (10, 32, 32, 3) and clips[0].source.shape == (32, 32, 3)
-    model = DisCoHead.from_variant("affine-nm", image_size=32, hourglass_max_channels=32, feature_channels=32, audio_channels=16, encoder_channels=8)
-    scores = evaluate_reconstruction(model, dest, batch_size=4)
-    assert scores["frames"] == 20
-    assert set(scores) == {"frames"} | {f"{name}_{metric}" for name in ("model", "copy", "warp") for metric in ("psnr", "ssim")}
-    assert 5 < scores["copy_psnr"] < 60 and 0 < scores["copy_ssim"] <= 1
