@@ -171,10 +171,12 @@ def learning(args: argparse.Namespace) -> None:
     run([*common, "--max-steps", str(steps), "--resume", "--log-every", "50", "--checkpoint-every", "500"], env=env)
     minutes = (time.perf_counter() - started + calibration) / 60
 
-    checkpoint = sorted(storage.glob("learning-affine-nm-*/step-*/discohead.pt"))[-1]
-    model = DisCoHead.from_checkpoint(checkpoint)
-    scores = evaluate_reconstruction(model, str(data))
-    rows = [[name, f"{scores[f'{key}_psnr']:.2f}", f"{scores[f'{key}_ssim']:.3f}"] for name, key in (("DisCoHead affine-nm", "model"), ("source copied", "copy"), ("source warped by head motion", "warp"))]
+    # Score every checkpoint still kept (the last two), so the table shows the trend too.
+    rows = []
+    for checkpoint in sorted(storage.glob("learning-affine-nm-*/step-*/discohead.pt")):
+        scores = evaluate_reconstruction(DisCoHead.from_checkpoint(checkpoint), str(data))
+        rows.append([f"DisCoHead affine-nm, step {int(checkpoint.parent.name.split('-')[1])}", f"{scores['model_psnr']:.2f}", f"{scores['model_ssim']:.3f}"])
+    rows += [[name, f"{scores[f'{key}_psnr']:.2f}", f"{scores[f'{key}_ssim']:.3f}"] for name, key in (("source copied", "copy"), ("source warped by the final head motion", "warp"))]
     margin = scores["model_psnr"] - scores["copy_psnr"]
     table = markdown_table(["on the GRID test split", "PSNR (dB)", "SSIM"], rows)
     options = ", ".join(args.model_option) or "paper widths"
