@@ -264,16 +264,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     step, epoch, batches_done = 0, 0, 0
     checkpoint = ray.train.get_checkpoint()
+    state = None
     if checkpoint:
         with checkpoint.as_directory() as directory:
             state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_in_epoch"]
         if rank == 0:
             print(f"[train {model_config.variant}] resuming from step {step} (epoch {epoch}, batch {batches_done})", flush=True)
     model = ray.train.torch.prepare_model(model)
-    _move_optimizer_state(optimizer, device)
+    if state:  # after the move to the device: load_state_dict puts the state beside its parameters
+        optimizer.load_state_dict(state["optimizer"])
     core = model.module if hasattr(model, "module") else model
 
     tracker = _Tracker(config) if rank == 0 else None
@@ -324,13 +325,6 @@ def _chunk_stream(shard: Any, chunks_per_fetch: int, seen_keys: list[str] | None
         if seen_keys is not None:
             seen_keys.extend(str(key) for key in columns["key"])
         yield columns
-
-
-def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if torch.is_tensor(value) and key != "step":
-                state[key] = value.to(device)
 
 
 def _mean_across_workers(terms: dict[str, float], device: torch.device) -> dict[str, float]:
