@@ -5,13 +5,19 @@ shards a preprocessing job writes are exactly what the model, the trainer and th
 generator expect. Changing anything that alters the bytes of a shard bumps
 ``SHARD_FORMAT_VERSION``; changing the checkpoint layout bumps
 ``CHECKPOINT_FORMAT_VERSION``.
+
+torch is imported inside the few functions that need it, so that processes which only
+need the constants and the shard schema (Ray Data's shard write tasks, each in a fresh
+worker) start without paying for it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # --- video -------------------------------------------------------------------------
 
@@ -83,6 +89,8 @@ def eye_box_from_landmarks(landmarks: torch.Tensor, image_size: int, margin: flo
     ``landmarks`` is ``(..., 68, 2)`` in pixels of an ``image_size`` square crop. The box
     is stored normalised so it stays valid when frames are resized on the fly.
     """
+    import torch
+
     points = landmarks[..., EYE_LANDMARKS, :]
     low = points.amin(dim=-2)
     high = points.amax(dim=-2)
@@ -97,6 +105,8 @@ def eye_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     A pixel belongs to the box when its centre lies inside it, so the mask is the same
     whichever resolution the frame is rendered at.
     """
+    import torch
+
     ys = (torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5) / height
     xs = (torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5) / width
     x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))

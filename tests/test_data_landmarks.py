@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+import torch
 
 from discohead.data.landmarks import BackendUnavailable, Face, load_landmark_backend, track_largest_face
 from discohead.data.video import iter_video_frames
@@ -79,3 +82,67 @@ def test_tracking_coasts_briefly_then_loses_the_face():
     backend = ScriptedBackend([[face_at(40, 20)]] + [[]] * 7)
     track = track_largest_face([None] * 16, backend, detect_every=5, max_coast=5)
     assert track.found.tolist() == [True] * 10 + [False] * 6
+
+
+# --- face-alignment, with stand-in weights in torch hub's cache ----------------------
+#
+# Its real FAN and S3FD weights download on first use, which these machines cannot do.
+# These tests put stand-ins under the file names face-alignment looks for, to exercise
+# the loading path and our adapter's use of its API: a scripted "FAN" whose heatmaps peak
+# at known places (whatever the image), and an all-zero S3FD, which finds no face.
+
+
+class PeakHeatmaps(torch.nn.Module):
+    """(B, 3, 256, 256) -> (B, 68, 64, 64) heatmaps, each a single peak at a fixed place."""
+
+    def __init__(self, peaks: torch.Tensor):
+        super().__init__()
+        heatmaps = torch.zeros(1, 68, 64, 64)
+        heatmaps[0, torch.arange(68), peaks[:, 1], peaks[:, 0]] = 1.0
+        self.register_buffer("heatmaps", heatmaps)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.heatmaps.expand(images.shape[0], -1, -1, -1)
+
+
+@pytest.fixture
+def face_alignment_backend(tmp_path, monkeypatch):
+    pytest.importorskip("face_alignment")
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+
+    from discohead.data.landmarks import face_alignment_weight_files
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    fan_file, detector_file = face_alignment_weight_files()
+    assert fan_file.parent == tmp_path / "hub" / "checkpoints"
+    fan_file.parent.mkdir(parents=True)
+    angles = torch.linspace(0, 2 * math.pi, 69)[:-1]
+    peaks = torch.stack([32 + 8 * torch.cos(angles), 32 + 8 * torch.sin(angles)], dim=1).round().long()
+    torch.jit.script(PeakHeatmaps(peaks)).save(str(fan_file))
+    torch.save({name: torch.zeros_like(value) for name, value in s3fd().state_dict().items()}, detector_file)
+    backend, reasons = load_landmark_backend("auto")
+    assert backend.name == "face-alignment" and reasons == []
+    return backend
+
+
+def test_face_alignment_landmarks_follow_the_box(face_alignment_backend):
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    box = (100.0, 60.0, 180.0, 140.0)
+    points = face_alignment_backend.landmarks_in_box(frame, box)
+    assert points.shape == (68, 2) and points.dtype == np.float32
+    assert (points[:, 0] > box[0]).all() and (points[:, 0] < box[2]).all()
+    assert (points[:, 1] > box[1]).all() and (points[:, 1] < box[3]).all()
+    moved = face_alignment_backend.landmarks_in_box(frame, (130.0, 70.0, 210.0, 150.0))
+    np.testing.assert_allclose(moved - points, np.tile([[30.0, 10.0]], (68, 1)), atol=1e-3)
+
+
+def test_face_alignment_reports_no_face_as_an_empty_list(face_alignment_backend):
+    assert face_alignment_backend.faces(np.full((96, 128, 3), 128, np.uint8)) == []
+
+
+def test_missing_face_alignment_weights_are_named(tmp_path, monkeypatch):
+    pytest.importorskip("face_alignment")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(BackendUnavailable) as error:
+        load_landmark_backend("face-alignment")
+    assert "2DFAN4" in str(error.value) and "s3fd" in str(error.value) and str(tmp_path) in str(error.value)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from discohead.contracts import CHUNK_FRAMES, MANIFEST_NAME, SHARD_FORMAT_VERSION, SHARD_KEYS
 from discohead.data.shards import (
     COMMITS_DIR,
+    STAGING_DIR,
     ClipRecord,
     ShardFormatError,
     ShardWriterTask,
@@ -17,6 +21,7 @@ from discohead.data.shards import (
     decode_sample,
     encode_sample,
     filesystem_for,
+    iter_shard,
     iter_split,
     load_commits,
     read_manifest,
@@ -65,6 +70,38 @@ def test_writer_packs_whole_clips_and_rolls_over_at_target_size(tmp_path):
     assert by_clip["a"]["shards"] == ["train/shard-run-00000-000.tar"] and by_clip["a"]["chunks"] == {"train": 2}
     assert by_clip["bad-run-00000"]["status"] == "skipped"
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_local_tars_are_built_inside_dest_and_published_by_rename(tmp_path, monkeypatch):
+    writer = ShardWriterTask(str(tmp_path), None, "run-00000", 10**9)
+    assert writer._workdir.startswith(str(tmp_path / STAGING_DIR))
+    writer.add_clip(ClipRecord("a", "/videos/a.mp4", "ok", frames=CHUNK_FRAMES, fps=25.0), [("train", fake_sample("a", 0))])
+    built = next(Path(writer._workdir).iterdir())
+    inode = built.stat().st_ino
+    copies = []
+    monkeypatch.setattr(type(writer.fs), "put_file", lambda *args, **kwargs: copies.append(args))
+    commit = writer.commit()
+    published = tmp_path / commit["shards"][0]
+    assert published.stat().st_ino == inode and not copies  # moved, not copied
+    assert not any((tmp_path / STAGING_DIR).iterdir())
+    fs, root = filesystem_for(str(tmp_path))
+    assert [sample["__key__"] for sample in iter_shard(fs, f"{root}/{commit['shards'][0]}")] == ["a_0000"]
+
+
+def test_staging_left_by_a_killed_write_task_is_removed_on_resume(tmp_path):
+    write_clips(str(tmp_path), "run-00000", {"a": ["train"]})
+    killed = ShardWriterTask(str(tmp_path), None, "run-00001", 10**9)
+    killed.add_clip(ClipRecord("b", "/videos/b.mp4", "ok", frames=CHUNK_FRAMES, fps=25.0), [("train", fake_sample("b", 0))])
+    fs, root = filesystem_for(str(tmp_path))
+    assert [commit["name"] for commit in load_commits(fs, root)] == ["run-00000"]
+    assert not (tmp_path / STAGING_DIR).exists()
+
+
+def test_writing_shards_does_not_import_torch():
+    """Ray starts a fresh worker for each write task: importing torch there costs seconds."""
+    code = "import sys, discohead.data.shards; print(sorted(m for m in ('torch', 'webdataset') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_interrupted_commit_is_rolled_back(tmp_path):

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from discohead.data.video import MediaError, iter_video_frames, parse_ffmpeg_report, probe, reconcile_lengths, scaled_size
+from discohead.data.video import (
+    MediaError,
+    iter_video_frames,
+    parse_ffmpeg_report,
+    probe,
+    probe_and_decode_audio,
+    reconcile_lengths,
+    scaled_size,
+)
 
 GRID_REPORT = """Input #0, mpeg, from 'bbaf2n.mpg':
   Duration: 00:00:02.98, start: 0.000000, bitrate: 1215 kb/s
@@ -46,6 +54,16 @@ def test_parse_audio_only():
     assert not info.has_video and info.has_audio and info.audio_rate == 16000
 
 
+def test_parse_ignores_what_ffmpeg_says_about_its_outputs():
+    report = AUDIO_ONLY_REPORT + """Stream mapping:
+  Stream #0:0 -> #0:0 (pcm_s16le (native) -> rawvideo (native))
+Output #0, rawvideo, to 'pipe:':
+  Stream #0:0: Video: rawvideo, rgb24, 64x48, 25 fps
+"""
+    info = parse_ffmpeg_report(report)
+    assert not info.has_video and (info.width, info.height) == (0, 0)
+
+
 def test_parse_unrecognised_file():
     with pytest.raises(MediaError) as error:
         parse_ffmpeg_report("x.mp4: Invalid data found when processing input\n")
@@ -59,6 +77,25 @@ def test_probe_real_files(synthetic_media):
         probe(synthetic_media["zero_bytes.mp4"])
     with pytest.raises(MediaError, match="not_a_video"):
         probe(synthetic_media["not_a_video.mp4"])
+
+
+def test_one_run_describes_the_file_and_decodes_its_audio(synthetic_media):
+    info, waveform = probe_and_decode_audio(synthetic_media["fps30.mp4"], 16000)
+    assert info.has_video and info.fps == pytest.approx(30)
+    assert waveform.dtype == np.float32 and waveform.ndim == 1
+    assert len(waveform) == pytest.approx(info.duration * 16000, abs=0.05 * 16000)
+    assert np.abs(waveform).max() > 0.01  # the synthetic speech tone, not silence
+
+    bounded = probe_and_decode_audio(synthetic_media["fps30.mp4"], 16000, max_seconds=0.5)[1]
+    assert len(bounded) == pytest.approx(1.5 * 16000, abs=0.05 * 16000)  # a too-long file is not decoded in full
+
+    info, waveform = probe_and_decode_audio(synthetic_media["no_audio.mp4"], 16000)
+    assert info.has_video and not info.has_audio and waveform is None
+
+    info, waveform = probe_and_decode_audio(synthetic_media["audio_only.wav"], 16000)
+    assert not info.has_video and len(waveform) > 0
+    with pytest.raises(MediaError, match="not_a_video"):
+        probe_and_decode_audio(synthetic_media["not_a_video.mp4"], 16000)
 
 
 def test_decode_resamples_to_target_fps(synthetic_media):

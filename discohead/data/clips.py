@@ -1,7 +1,7 @@
 """One video in, one :class:`ClipResult` out: the whole per-clip preprocessing, without Ray.
 
-Order matters for speed on bad input: the cheap checks (probe, audio) run before the
-landmark pass, which is the costly part. Every way a file can be unusable ends in a
+Order matters for speed on bad input: the cheap checks (streams, length, audio) run
+before the landmark pass, which is the costly part. Every way a file can be unusable ends in a
 skip with a short reason code (see ``SKIP_REASONS``) rather than an exception.
 """
 
@@ -23,7 +23,7 @@ from ..contracts import CHUNK_FRAMES, FPS, IMAGE_SIZE, MEL, SHARD_FORMAT_VERSION
 from .crop import CROP_LIFT, CROP_SCALE, crop_and_resize, crop_boxes, fill_missing, landmarks_to_crop
 from .landmarks import LandmarkBackend, track_largest_face
 from .shards import ClipRecord, encode_sample
-from .video import MediaError, decode_audio, iter_video_frames, probe, reconcile_lengths, scaled_size
+from .video import MediaError, iter_video_frames, probe_and_decode_audio, reconcile_lengths, scaled_size
 
 SKIP_REASONS = {
     "empty_file": "the file has zero bytes",
@@ -151,7 +151,8 @@ def process_clip(
 
 
 def _process(path: Path, record: ClipRecord, backend: LandmarkBackend, config: ClipConfig, split: str | None) -> ClipResult:
-    info = probe(path)
+    sample_rate = config.mel.sample_rate
+    info, waveform = probe_and_decode_audio(path, sample_rate, config.max_seconds)
     if not info.has_video:
         return _skip(record, "no_video_stream", f"only an audio stream ({info.audio_codec})" if info.has_audio else "no stream ffmpeg can decode")
     if info.duration is not None and info.duration > config.max_seconds:
@@ -164,9 +165,7 @@ def _process(path: Path, record: ClipRecord, backend: LandmarkBackend, config: C
     if max(info.width, info.height) > config.max_frame_side:
         notes.append(f"large frame {info.width}x{info.height} decoded at most {config.max_frame_side} px a side")
 
-    sample_rate = config.mel.sample_rate
-    if info.has_audio:
-        waveform = decode_audio(path, sample_rate)
+    if waveform is not None:
         if is_silent(waveform, config.silence_dbfs):
             if not config.allow_silent:
                 return _skip(record, "silent_audio", f"audio RMS below {config.silence_dbfs:g} dBFS")
@@ -174,7 +173,6 @@ def _process(path: Path, record: ClipRecord, backend: LandmarkBackend, config: C
     elif not config.allow_silent:
         return _skip(record, "no_audio_stream", "the file has a video stream only")
     else:
-        waveform = None
         notes.append("no audio stream: silence used (--allow-silent)")
 
     crop_width, crop_height = scaled_size(info.width, info.height, config.max_frame_side)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -81,6 +83,21 @@ class DlibLandmarks:
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
 
+def face_alignment_weight_files() -> list[Path]:
+    """Where face-alignment looks for its 2D FAN and S3FD weights: torch hub's cache.
+
+    That is ``$TORCH_HOME/hub/checkpoints`` (``~/.cache/torch/hub/checkpoints`` by
+    default); the names are face-alignment's own, for the installed torch version.
+    """
+    import torch
+    from face_alignment.api import default_model_urls, models_urls
+    from face_alignment.detection.sfd.sfd_detector import models_urls as detector_urls
+
+    version = torch.__version__.split("+")[0].rsplit(".", 1)[0]
+    urls = [models_urls.get(version, default_model_urls)["2DFAN-4"], detector_urls["s3fd"]]
+    return [Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name for url in urls]
+
+
 class FaceAlignmentLandmarks:
     """face-alignment's FAN with its S3FD detector, on CPU unless told otherwise."""
 
@@ -94,19 +111,21 @@ class FaceAlignmentLandmarks:
         try:
             self._model = face_alignment.FaceAlignment(face_alignment.LandmarksType.TWO_D, device=device)
         except Exception as error:
+            missing = [str(path) for path in face_alignment_weight_files() if not path.exists()]
             raise BackendUnavailable(
-                "face-alignment: its FAN/S3FD weights are not in ~/.cache/torch/hub/checkpoints and could not be "
-                f"downloaded ({type(error).__name__}: {str(error)[:120]}); run once with internet or use --landmarks dlib"
+                f"face-alignment: its weights could not be loaded or downloaded ({type(error).__name__}: {str(error)[:120]}); "
+                f"provide {' and '.join(missing) or 'its FAN and S3FD weights'} (run once with internet), or use --landmarks dlib"
             ) from None
 
     def faces(self, frame: np.ndarray) -> list[Face]:
-        landmarks, _, boxes = self._model.get_landmarks_from_image(frame, return_bboxes=True)
-        if landmarks is None:
-            return []
-        return [Face(tuple(float(v) for v in box[:4]), np.asarray(points, np.float32)) for points, box in zip(landmarks, boxes)]
+        detections = self._model.face_detector.detect_from_image(frame.copy())
+        boxes = [tuple(float(v) for v in detection[:4]) for detection in detections]
+        return [Face(box, self.landmarks_in_box(frame, box)) for box in boxes]
 
     def landmarks_in_box(self, frame: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-        landmarks = self._model.get_landmarks_from_image(frame, detected_faces=[np.asarray(box, np.float32)])
+        # float64: face-alignment turns the box into a scale that it assigns into a torch
+        # tensor, and torch refuses NumPy float32 scalars there.
+        landmarks = self._model.get_landmarks_from_image(frame, detected_faces=[np.asarray(box[:4], np.float64)])
         return np.asarray(landmarks[0], np.float32)
 
 

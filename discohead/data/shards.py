@@ -4,20 +4,23 @@ Layout under DEST (a local folder or any fsspec URL such as ``s3://bucket/prefix
 
     train/shard-<run>-<task>-<n>.tar   test/...      finished shards only
     _commits/<run>-<task>.json                       which clips each write task stored
+    _staging/                                        tars being built (local DEST only)
     manifest.json                                    written last, from all commits
 
-A write task builds its tars in a local temporary folder, publishes its commit record,
-then publishes the tars (an atomic rename locally, a single PUT on object storage). A
+A write task builds its tars in a staging folder, publishes its commit record, then
+publishes the tars (an atomic rename locally, a single PUT on object storage). A
 commit whose tars are not all there was interrupted: the next run deletes what it
 published and redoes its clips, so every clip ends up in the shards exactly once.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -27,12 +30,12 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import webdataset as wds
 from fsspec.implementations.local import LocalFileSystem
 
 from ..contracts import MANIFEST_NAME, SHARD_FORMAT_VERSION, SHARD_KEYS, SPLITS
 
 COMMITS_DIR = "_commits"
+STAGING_DIR = "_staging"
 
 
 class ShardFormatError(Exception):
@@ -83,10 +86,6 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return decoded
 
 
-def sample_size(sample: dict[str, Any]) -> int:
-    return sum(len(value) for name, value in sample.items() if name != "__key__")
-
-
 # --- storage -----------------------------------------------------------------------
 
 
@@ -100,29 +99,54 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def publish_file(local_path: str | Path, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
-    """Make a finished local file appear at ``final_path`` all at once.
+def staging_folder(fs: fsspec.AbstractFileSystem, root: str) -> str:
+    """A new private folder where a write task builds its tars before publishing them.
 
-    Locally: copy next to the target under a dot-name, then atomic rename. Object stores
-    show an object only once its upload completes, so a plain PUT is already atomic.
+    For a local DEST it lies inside DEST (under ``_staging``), on the same filesystem, so
+    publishing a tar is a rename instead of a copy of every byte. For object storage it
+    is a local temporary folder, uploaded from.
+    """
+    if is_local(fs):
+        parent = Path(root) / STAGING_DIR
+        parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(prefix="task-", dir=parent)
+    return tempfile.mkdtemp(prefix="discohead-shards-")
+
+
+def publish_file(local_path: str | Path, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
+    """Move a finished local file to ``final_path``, where it appears all at once.
+
+    Locally: a rename when both are on one filesystem, else a copy next to the target
+    under a dot-name and a rename. Object stores show an object only once its upload
+    completes, so a plain PUT is already atomic. The local file is gone afterwards.
     """
     if is_local(fs):
         final = Path(final_path)
         final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(local_path, final)
+            return
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
         staging = final.with_name(f".{final.name}.partial")
         fs.put_file(str(local_path), str(staging))
         os.replace(staging, final)
     else:
         fs.put_file(str(local_path), final_path)
+    os.unlink(local_path)
 
 
 def publish_bytes(data: bytes, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
-    with tempfile.NamedTemporaryFile(delete=False) as handle:
-        handle.write(data)
-    try:
-        publish_file(handle.name, fs, final_path)
-    finally:
-        os.unlink(handle.name)
+    """Write a small file (a commit record, the manifest) so that it appears all at once."""
+    if is_local(fs):
+        final = Path(final_path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = final.with_name(f".{final.name}.partial")
+        staging.write_bytes(data)
+        os.replace(staging, final)
+    else:
+        fs.pipe_file(final_path, data)
 
 
 @dataclass
@@ -148,9 +172,29 @@ class ClipRecord:
         return {k: v for k, v in self.__dict__.items()}
 
 
+def write_sample(tar: tarfile.TarFile, sample: dict[str, Any]) -> int:
+    """Append one sample to an open tar as WebDataset members ``<key>.<name>``; returns its bytes.
+
+    This is what webdataset's ``TarWriter`` does for ready-encoded samples, written with
+    the standard library because importing webdataset imports torch: about 3 s of CPU in
+    every fresh Ray worker that runs a write task (measured, docs/benchmarks.md). Shards
+    are read back with webdataset's own iterators (:func:`iter_shard`).
+    """
+    key = sample["__key__"]
+    written = 0
+    for name, data in sample.items():
+        if name == "__key__":
+            continue
+        member = tarfile.TarInfo(f"{key}.{name}")
+        member.size, member.mode, member.mtime = len(data), 0o444, 0
+        tar.addfile(member, io.BytesIO(data))
+        written += len(data)
+    return written
+
+
 @dataclass
 class _OpenShard:
-    writer: wds.TarWriter
+    tar: tarfile.TarFile
     local: str
     relative: str
     written: int = 0
@@ -167,7 +211,7 @@ class ShardWriterTask:
         self.fs, self.root = filesystem_for(dest, storage_options)
         self.name = name
         self.target_bytes = target_bytes
-        self._workdir = tempfile.mkdtemp(prefix="discohead-shards-")
+        self._workdir = staging_folder(self.fs, self.root)
         self._open: dict[str, _OpenShard] = {}
         self._finished: list[tuple[str, str]] = []
         self._counter = 0
@@ -178,12 +222,12 @@ class ShardWriterTask:
             relative = f"{split}/shard-{self.name}-{self._counter:03d}.tar"
             self._counter += 1
             local = os.path.join(self._workdir, relative.replace("/", "_"))
-            self._open[split] = _OpenShard(wds.TarWriter(local, encoder=False, mtime=0.0), local, relative)
+            self._open[split] = _OpenShard(tarfile.open(local, "w", format=tarfile.USTAR_FORMAT), local, relative)
         return self._open[split]
 
     def _close(self, split: str) -> None:
         shard = self._open.pop(split)
-        shard.writer.close()
+        shard.tar.close()
         self._finished.append((shard.local, shard.relative))
 
     def add_clip(self, record: ClipRecord, samples: Iterable[tuple[str, dict[str, Any]]]) -> None:
@@ -196,8 +240,7 @@ class ShardWriterTask:
                 self._close(split)
             shard = self._shard(split)
             for sample in split_samples:
-                shard.writer.write(sample)
-                shard.written += sample_size(sample)
+                shard.written += write_sample(shard.tar, sample)
             record.shards.append(shard.relative)
             record.chunks[split] = len(split_samples)
         self.records.append(record)
@@ -216,7 +259,6 @@ class ShardWriterTask:
         publish_bytes(json.dumps(commit, indent=1).encode(), self.fs, f"{self.root}/{COMMITS_DIR}/{self.name}.json")
         for local, relative in self._finished:
             publish_file(local, self.fs, f"{self.root}/{relative}")
-            os.unlink(local)
         os.rmdir(self._workdir)
         return commit
 
@@ -228,9 +270,12 @@ def load_commits(fs: fsspec.AbstractFileSystem, root: str, repair: bool = True) 
     """Commit records whose tars all exist; interrupted ones are rolled back when ``repair``.
 
     Rolling back deletes the interrupted commit's published tars and its record, so its
-    clips count as not done and are processed again.
+    clips count as not done and are processed again, and removes what killed write tasks
+    left in the staging folder. Call it with ``repair`` only while no write task runs.
     """
     commit_dir = f"{root}/{COMMITS_DIR}"
+    if repair and fs.exists(f"{root}/{STAGING_DIR}"):
+        fs.rm(f"{root}/{STAGING_DIR}", recursive=True)
     if not fs.exists(commit_dir):
         return []
     existing = set()
@@ -259,7 +304,7 @@ def load_commits(fs: fsspec.AbstractFileSystem, root: str, repair: bool = True) 
 
 def remove_outputs(fs: fsspec.AbstractFileSystem, root: str) -> None:
     """Delete everything a previous run wrote under ``root`` (for ``--overwrite``)."""
-    for name in (*SPLITS, COMMITS_DIR):
+    for name in (*SPLITS, COMMITS_DIR, STAGING_DIR):
         if fs.exists(f"{root}/{name}"):
             fs.rm(f"{root}/{name}", recursive=True)
     if fs.exists(f"{root}/{MANIFEST_NAME}"):
@@ -332,6 +377,8 @@ def read_manifest(dest: str, storage_options: dict[str, Any] | None = None) -> d
 
 def iter_shard(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[dict[str, Any]]:
     """Raw samples of one tar, grouped by key with webdataset's own iterators."""
+    import webdataset as wds  # imports torch: only readers (training, evaluation) pay for it
+
     with fs.open(path, "rb") as handle:
         files = wds.tariterators.tar_file_expander([{"url": path, "stream": handle}])
         for sample in wds.tariterators.group_by_keys(files):
