@@ -222,7 +222,7 @@ class ShardWriterTask:
             relative = f"{split}/shard-{self.name}-{self._counter:03d}.tar"
             self._counter += 1
             local = os.path.join(self._workdir, relative.replace("/", "_"))
-            self._open[split] = _OpenShard(tarfile.open(local, "w", format=tarfile.USTAR_FORMAT), local, relative)
+            self._open[split] = _OpenShard(tarfile.open(local, "w"), local, relative)
         return self._open[split]
 
     def _close(self, split: str) -> None:
