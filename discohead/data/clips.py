@@ -1,8 +1,8 @@
 """One video in, one :class:`ClipResult` out: the whole per-clip preprocessing, without Ray.
 
 Order matters for speed on bad input: the cheap checks (streams, length, audio) run
-before the landmark pass, which is the costly part. Every way a file can be unusable ends in a
-skip with a short reason code (see ``SKIP_REASONS``) rather than an exception.
+before the landmark pass, which is the costly part. Every way a file can be unusable
+ends in a skip with a short reason code (see ``SKIP_REASONS``) rather than an exception.
 """
 
 from __future__ import annotations

@@ -113,6 +113,14 @@ def staging_folder(fs: fsspec.AbstractFileSystem, root: str) -> str:
     return tempfile.mkdtemp(prefix="discohead-shards-")
 
 
+def _local_target(final_path: str) -> tuple[Path, Path]:
+    """``final_path`` with its folder created, and the dot-named ``.partial`` name beside it
+    that a file is written under before its atomic rename (interrupted ones are removed)."""
+    final = Path(final_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return final, final.with_name(f".{final.name}.partial")
+
+
 def publish_file(local_path: str | Path, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
     """Move a finished local file to ``final_path``, where it appears all at once.
 
@@ -121,17 +129,15 @@ def publish_file(local_path: str | Path, fs: fsspec.AbstractFileSystem, final_pa
     completes, so a plain PUT is already atomic. The local file is gone afterwards.
     """
     if is_local(fs):
-        final = Path(final_path)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final, partial = _local_target(final_path)
         try:
             os.replace(local_path, final)
             return
         except OSError as error:
             if error.errno != errno.EXDEV:
                 raise
-        staging = final.with_name(f".{final.name}.partial")
-        fs.put_file(str(local_path), str(staging))
-        os.replace(staging, final)
+        fs.put_file(str(local_path), str(partial))
+        os.replace(partial, final)
     else:
         fs.put_file(str(local_path), final_path)
     os.unlink(local_path)
@@ -140,11 +146,9 @@ def publish_file(local_path: str | Path, fs: fsspec.AbstractFileSystem, final_pa
 def publish_bytes(data: bytes, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
     """Write a small file (a commit record, the manifest) so that it appears all at once."""
     if is_local(fs):
-        final = Path(final_path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = final.with_name(f".{final.name}.partial")
-        staging.write_bytes(data)
-        os.replace(staging, final)
+        final, partial = _local_target(final_path)
+        partial.write_bytes(data)
+        os.replace(partial, final)
     else:
         fs.pipe_file(final_path, data)
 
