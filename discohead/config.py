@@ -114,3 +114,12 @@ VARIANTS: dict[str, DisCoHeadConfig] = {
     "tps-dm": DisCoHeadConfig(variant="tps-dm", motion="tps", fusion="dense-motion"),
     "tps-nm": DisCoHeadConfig(variant="tps-nm", motion="tps", fusion="neural-mix"),
 }
+
+
+WIDTHS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "narrow": {"hourglass_max_channels": 256, "feature_channels": 128, "audio_channels": 128, "encoder_channels": 32},
+    "tiny": {"hourglass_max_channels": 32, "feature_channels": 32, "audio_channels": 16, "encoder_channels": 8, "eye_channels": (8, 8, 8, 8, 8)},
+}
+"""Channel widths by name: the paper's; ``narrow`` for CPU runs (smoke run, demo, learning
+benchmark: the four variants train in minutes); ``tiny`` for tests (a step in milliseconds)."""

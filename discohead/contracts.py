@@ -13,8 +13,9 @@ worker) start without paying for it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -155,8 +156,104 @@ SHARD_KEYS = ShardSchema()
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "test")
 
+CROP_SCALE = 1.7
+"""Crop side as a multiple of the landmarks' larger extent: the whole head with a margin."""
+
+CROP_LIFT = 0.08
+"""Fraction of the crop side the centre moves up from the landmarks' centre (brows to chin
+leave out the forehead)."""
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """Settings that change the bytes of the shards (all of them go into the config hash).
+
+    The preprocessing job's flags are generated from these fields and their defaults
+    (``discohead.flags``), and the manifest records them, so the training job reads the
+    image size and the mel settings of the shards it trains on from here.
+    """
+
+    fps: int = dataclasses.field(default=FPS, metadata={"help": "frames per second every clip is resampled to"})
+    image_size: int = dataclasses.field(default=IMAGE_SIZE, metadata={"help": "side of the square face crop in pixels"})
+    mel: MelSettings = MEL
+    split_mode: str = dataclasses.field(
+        default="clip",
+        metadata={"choices": ("clip", "time"), "help": "clip: whole clips per split; time: start of each clip train, end test"},
+    )
+    train_ratio: float = dataclasses.field(
+        default=0.8, metadata={"flag": "--split-ratio", "help": "fraction of clips (or of each clip's chunks) for train"}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the by-clip split"})
+    chunk_frames: int = dataclasses.field(
+        default=CHUNK_FRAMES, metadata={"help": "consecutive frames per shard sample (and the granularity of --split-mode time)"}
+    )
+    allow_silent: bool = dataclasses.field(
+        default=False, metadata={"help": "keep clips without an audio stream or with a silent track"}
+    )
+    max_missing_face: float = dataclasses.field(
+        default=0.2, metadata={"help": "skip a clip when no face is found in more than this fraction of frames"}
+    )
+    max_seconds: float = dataclasses.field(default=600.0, metadata={"help": "skip longer clips (split long videos first)"})
+    smoothing_sigma: float = dataclasses.field(default=2.0, metadata={"help": "temporal smoothing of the crop box, in frames"})
+    crop_scale: float = dataclasses.field(default=CROP_SCALE, metadata={"help": "crop side / landmarks' extent"})
+    crop_lift: float = dataclasses.field(default=CROP_LIFT, metadata={"help": "upward shift of the crop centre, fraction of its side"})
+    detect_max_side: int = dataclasses.field(default=640, metadata={"help": "frames are shrunk to at most this for face detection"})
+    detect_every: int = dataclasses.field(default=5, metadata={"help": "run the face detector every N frames, track in between"})
+    max_frame_side: int = dataclasses.field(default=1920, metadata={"help": "larger frames are shrunk to this before cropping"})
+    audio_tolerance_s: float = dataclasses.field(
+        default=0.2, metadata={"help": "audio and video lengths may differ by this much before a note"}
+    )
+    silence_dbfs: float = dataclasses.field(default=-60.0, metadata={"help": "audio below this RMS level counts as silent"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.train_ratio < 1.0:
+            raise ValueError("--split-ratio must be between 0 and 1")
+        if self.image_size < 32 or self.image_size % 8:
+            raise ValueError(f"--image-size must be a multiple of 8 and at least 32 (the model's smallest), not {self.image_size}")
+        if self.fps < 1 or self.detect_every < 1 or self.chunk_frames < 1:
+            raise ValueError("--fps, --detect-every and --chunk-frames must be at least 1")
+
+    def to_json(self) -> dict[str, Any]:
+        config = dataclasses.asdict(self)
+        config["format_version"] = SHARD_FORMAT_VERSION
+        return config
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> ClipConfig:
+        values = {key: value for key, value in values.items() if key != "format_version"}
+        if isinstance(values.get("mel"), dict):
+            values["mel"] = MelSettings(**values["mel"])
+        return cls(**values)
+
+
 # --- checkpoints -------------------------------------------------------------------
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_FILE = "discohead.pt"
-"""One file per checkpoint: ``{"format_version", "config", "model", "optimizer", "step", ...}``."""
+"""One file per checkpoint: the model's ``{"format_version", "config", "model"}`` and, for a
+training checkpoint, the :class:`TrainingState` and the run's training configuration."""
+
+
+@dataclass
+class TrainingState:
+    """Where a training run stands; written into every checkpoint and read back to resume.
+
+    ``batches_in_epoch`` counts the batches of the current pass already trained on, so a
+    resumed worker replays the pass's data order up to there instead of repeating it.
+    ``train_config`` is the run's whole training configuration (``TrainConfig.to_dict()``),
+    which ``--resume`` starts from.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    optimizer: dict[str, Any] | None = None
+    train_config: dict[str, Any] | None = None
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint's keys for this state (not ``asdict``: it would deep-copy the optimizer)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> TrainingState:
+        return cls(**{field.name: checkpoint.get(field.name, field.default) for field in dataclasses.fields(cls)})

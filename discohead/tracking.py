@@ -1,27 +1,303 @@
-"""Loading a trained model back from MLflow by run id.
+"""MLflow, both ways: creating and resuming the runs of a training launch, logging to them, and
+loading a trained model back by any reference.
 
-The training job logs each final model twice: as an MLflow PyTorch model (``model``,
-for MLflow's own tools) and as a DisCoHead checkpoint file
-(``checkpoint/discohead.pt``), which :func:`load_model` reads. The checkpoint is plain
-tensors plus the config, so it loads across code versions that keep
-``CHECKPOINT_FORMAT_VERSION``, unlike a pickled module.
+Conventions a user of MLflow expects, in one place:
+
+- one experiment per ``--experiment``, tagged as model training so MLflow 3's UI opens on
+  its runs, not on the GenAI overview;
+- ``--variant all`` is one parent run with a child run per variant, so the UI groups a launch;
+- a run's params are its :class:`~discohead.train_config.TrainConfig` (``params()``) and
+  the data's identity; metrics and sample grids are logged with their step;
+- the final model is an MLflow pyfunc model (``model``) that carries this package's code
+  and the DisCoHead checkpoint (tensors only, loaded with ``weights_only=True``: no pickle
+  of a module), with a signature and an input example; ``--register NAME`` adds it to the
+  registry with an alias;
+- without MLFLOW_TRACKING_URI the store is ``./mlflow.db`` and the artifacts go beside the
+  database (``mlartifacts/``), never into an unrelated ``./mlruns``.
+
+:func:`load_model` takes the references every job accepts: a run id, ``runs:/ID[/path]``,
+``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, or a checkpoint file or folder (local or
+any fsspec URL such as s3://).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from . import __version__
 from .contracts import CHECKPOINT_FILE
-from .model import DisCoHead
+from .storage import filesystem_for, is_remote, s3_options
+from .training import Reporter
 
-CHECKPOINT_ARTIFACT = f"checkpoint/{CHECKPOINT_FILE}"
+if TYPE_CHECKING:
+    from .manifest import Manifest
+    from .model import DisCoHead
+    from .train_config import TrainConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODEL_NAME = "model"
+"""Name of the logged model in each run (``runs:/ID/model``)."""
+RUN_TAG = "discohead.train_run"
+VARIANT_TAG = "discohead.variant"
+LAUNCH_TAG = "discohead.launch"
+PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3's UI opens an experiment of this kind on its training runs (not "Traces / Token usage")."""
+MODEL_INPUTS = ("source", "head_driver", "eye_driver", "audio")
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def load_model(run_id: str, tracking_uri: str | None = None, map_location: str = "cpu") -> DisCoHead:
-    """The final model of a training run (MLFLOW_TRACKING_URI unless ``tracking_uri`` is given)."""
+# --- where ------------------------------------------------------------------------
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else a SQLite store in the working folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def local_artifact_location(uri: str) -> str | None:
+    """For a store on this machine (SQLite file or folder), ``mlartifacts/`` beside it; a server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    if uri.startswith("file:") or "://" not in uri:
+        return (Path(uri.removeprefix("file://")).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def code_version() -> str:
+    """``VERSION+COMMIT`` of this checkout (just the version outside a git checkout)."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5)
+        commit = result.stdout.strip() if result.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def experiment_id(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (artifacts beside a local store) and tagged as model training."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        found = client.create_experiment(name, artifact_location=local_artifact_location(uri))
+    else:
+        found = experiment.experiment_id
+    client.set_experiment_tag(found, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return found
+
+
+# --- a launch's runs ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The MLflow runs of one training launch: a parent for ``--variant all``, one run per variant."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str | None
+    run_ids: dict[str, str]
+
+    def artifact_root(self) -> str:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking_uri).get_experiment(self.experiment_id).artifact_location
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the parent run (children end when their model is logged, or here on failure)."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
+        if status != "FINISHED":
+            for run_id in self.run_ids.values():
+                if client.get_run(run_id).info.status == "RUNNING":
+                    client.set_terminated(run_id, status)
+        if self.parent_run_id:
+            client.set_terminated(self.parent_run_id, status)
+
+
+def data_params(manifest: Manifest) -> dict[str, Any]:
+    """What identifies the training data in a run's params."""
+    return {"data_config_hash": manifest.config_hash, "data_format_version": manifest.format_version, "data_train_chunks": manifest.chunks("train")}
+
+
+def start_launch(config: TrainConfig, run_names: Mapping[str, str], manifest: Manifest, resume: bool = False) -> Launch:
+    """Create the runs of a launch (or, with ``resume``, find the ones named ``run_names``) and log their params."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    uri = tracking_uri()
+    client = MlflowClient(uri)
+    experiment = experiment_id(client, config.experiment, uri)
+    existing = {}
+    if resume:
+        for variant, name in run_names.items():
+            runs = client.search_runs([experiment], filter_string=f"tags.`{RUN_TAG}` = '{name}'", max_results=1)
+            if runs:
+                existing[variant] = runs[0]
+    parent = None
+    if len(run_names) > 1:
+        parents = {run.data.tags.get(PARENT_TAG) for run in existing.values()} - {None}
+        if parents:
+            parent = parents.pop()
+            client.update_run(parent, status="RUNNING")
+        else:
+            stamp = "-".join(next(iter(run_names.values())).rsplit("-", 2)[-2:])
+            launch_name = f"{config.experiment}-all-{stamp}"
+            parent = client.create_run(experiment, run_name=launch_name, tags={LAUNCH_TAG: launch_name, VARIANT_TAG: "all"}).info.run_id
+            for key, value in {**config.params(config.model_config()), **data_params(manifest), "code_version": code_version()}.items():
+                if not key.startswith("model."):
+                    client.log_param(parent, key, value)
+    run_ids = {}
+    for variant, name in run_names.items():
+        if variant in existing:
+            run_ids[variant] = existing[variant].info.run_id
+            client.update_run(run_ids[variant], status="RUNNING")
+            continue
+        tags = {RUN_TAG: name, VARIANT_TAG: variant, **({PARENT_TAG: parent} if parent else {})}
+        run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+        variant_config = config.for_variant(variant)
+        params = {**variant_config.params(variant_config.model_config()), **data_params(manifest), "code_version": code_version()}
+        from mlflow.entities import Param
+
+        items = [Param(key, str(value)) for key, value in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            client.log_batch(run_id, params=items[start : start + 100])
+        run_ids[variant] = run_id
+    return Launch(uri, experiment, parent, run_ids)
+
+
+# --- logging from the training loop --------------------------------------------------
+
+
+class MlflowReporter(Reporter):
+    """:func:`~discohead.training.fit`'s reports into one MLflow run (rank 0 logs; every rank its data lineage)."""
+
+    def __init__(self, uri: str, run_id: str, rank: int = 0, register: str | None = None, alias: str = "candidate", example: Mapping[str, np.ndarray] | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(uri)
+        self.uri, self.run_id, self.rank = uri, run_id, rank
+        self.register, self.alias, self.example = register, alias, example
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
+
+    def image(self, step: int, grid: np.ndarray) -> None:
+        """Logged under one key with its step, so the UI lines the grids up across steps and runs."""
+        self.client.log_image(self.run_id, grid, key="samples", step=step)
+
+    def chunks_seen(self, keys: list[str]) -> None:
+        """Which chunks this worker read in its first pass: data lineage, and the proof that workers differ."""
+        self.client.log_text(self.run_id, "\n".join(keys[:10_000]) + "\n", f"data/rank-{self.rank}-chunks.txt")
+
+    def finish(self, model: DisCoHead) -> None:
+        if self.rank != 0:
+            return
+        log_model(self.uri, self.run_id, model, self.example, self.register, self.alias)
+        self.client.set_terminated(self.run_id, "FINISHED")
+        artifacts = self.client.get_run(self.run_id).info.artifact_uri
+        print(f"[train {model.config.variant}] done: MLflow run {self.run_id}, model runs:/{self.run_id}/{MODEL_NAME}, artifacts in {artifacts}", flush=True)
+
+
+def model_example(pairs: Mapping[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
+    """One sample of the model's four inputs (float32, as the pyfunc model takes them) from a batch of pairs."""
+    from .training import model_inputs
+
+    inputs = model_inputs({key: value[:1] for key, value in pairs.items()}, image_size)
+    return {name: getattr(inputs, name).numpy().astype(np.float32) for name in MODEL_INPUTS}
+
+
+def log_model(uri: str, run_id: str, model: DisCoHead, example: Mapping[str, np.ndarray] | None, register: str | None = None, alias: str = "candidate") -> Any:
+    """Log ``model`` as the run's pyfunc ``model`` (code and checkpoint inside); register it when asked."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    if example is None:
+        size = model.config.image_size
+        frames = np.zeros((1, 3, size, size), np.float32)
+        example = {"source": frames, "head_driver": frames, "eye_driver": frames, "audio": np.zeros((1, model.config.n_mels, model.config.audio_frames), np.float32)}
+    with torch.no_grad():
+        output = model(*(torch.from_numpy(example[name]) for name in MODEL_INPUTS))["prediction"].numpy()
+    mlflow.set_tracking_uri(uri)
+    with tempfile.TemporaryDirectory() as directory, mlflow.start_run(run_id=run_id):
+        path = Path(directory) / CHECKPOINT_FILE
+        torch.save(model.checkpoint(), path)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(PACKAGE_DIR / "mlflow_model.py"),
+            artifacts={"checkpoint": str(path)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=infer_signature(dict(example), output),
+            input_example=dict(example),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
+            registered_model_name=register,
+        )
+    if register and info.registered_model_version is not None:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).set_registered_model_alias(register, alias, str(info.registered_model_version))
+        print(f"[train {model.config.variant}] registered models:/{register}/{info.registered_model_version} (models:/{register}@{alias})", flush=True)
+    return info
+
+
+# --- loading a trained model ---------------------------------------------------------
+
+
+def is_model_ref(ref: str) -> bool:
+    return ref.startswith(("runs:/", "models:/")) or bool(_RUN_ID.match(ref))
+
+
+def _find_checkpoint(folder: str) -> str:
+    found = sorted(Path(folder).rglob(CHECKPOINT_FILE))
+    if not found:
+        raise FileNotFoundError(f"no {CHECKPOINT_FILE} in what was downloaded to {folder}")
+    return str(found[0])
+
+
+def load_checkpoint(ref: str, uri: str | None = None, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict (tensors and plain values) a model reference points at; see the module doc."""
+    import torch
+
     with tempfile.TemporaryDirectory() as directory:
-        path = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, directory)
-        return DisCoHead.from_checkpoint(path, map_location=map_location)
+        if is_model_ref(ref):
+            import mlflow
+
+            artifact_uri = f"runs:/{ref}/{MODEL_NAME}" if _RUN_ID.match(ref) else ref
+            if artifact_uri.startswith("runs:/") and artifact_uri.count("/") == 1:
+                artifact_uri = f"{artifact_uri}/{MODEL_NAME}"
+            local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=directory, tracking_uri=uri or tracking_uri())
+            path = local if local.endswith(CHECKPOINT_FILE) else _find_checkpoint(local)
+            return torch.load(path, map_location="cpu", weights_only=True)
+        options = storage_options if storage_options is not None else s3_options(ref)
+        fs, path = filesystem_for(ref, options)
+        if not fs.exists(path):
+            kind = "URL" if is_remote(ref) else "path"
+            raise FileNotFoundError(f"{ref}: no such checkpoint {kind}, and not an MLflow reference (run id, runs:/ID, models:/NAME/VERSION, models:/NAME@ALIAS)")
+        if fs.isdir(path):
+            path = f"{path}/{CHECKPOINT_FILE}"
+        with fs.open(path, "rb") as handle:
+            return torch.load(handle, map_location="cpu", weights_only=True)
+
+
+def load_model(ref: str, tracking_uri: str | None = None, map_location: str = "cpu") -> DisCoHead:
+    """A trained model by reference: run id, ``runs:/``, ``models:/NAME/VERSION`` or ``@ALIAS``, checkpoint path or URL."""
+    from .model import DisCoHead
+
+    return DisCoHead.from_checkpoint(load_checkpoint(ref, tracking_uri), map_location=map_location)

@@ -12,7 +12,6 @@ list inputs -> process clips (actor pool, one landmark model per actor) -> write
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pickle
@@ -26,77 +25,40 @@ import ray
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
-from cli_support import UsageError, run_job, s3_options
-from discohead.contracts import CHUNK_FRAMES, FPS, IMAGE_SIZE, MANIFEST_NAME, MEL, SPLITS
-from discohead.data.clips import SKIP_REASONS, ClipConfig, assign_clip_splits, clip_id_for, process_clip
+from discohead import flags
+from discohead.contracts import MANIFEST_NAME, SPLITS, ClipConfig
+from discohead.data.clips import SKIP_REASONS, assign_clip_splits, clip_id_for, process_clip
 from discohead.data.landmarks import BackendUnavailable, load_landmark_backend
-from discohead.data.shards import (
-    ClipRecord,
-    ShardWriterTask,
-    build_manifest,
-    config_hash,
-    filesystem_for,
-    load_commits,
-    remove_outputs,
-    write_manifest,
-)
+from discohead.data.shards import ShardWriterTask, load_commits, remove_outputs
 from discohead.data.sources import expand_input, fetch_to_local
 from discohead.data.video import MediaError
+from discohead.manifest import ClipRecord, Manifest
+from discohead.storage import filesystem_for, s3_options
+from pipelines.cli import UsageError, run_job
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The job's own flags, and one flag per :class:`ClipConfig` field (its defaults, its help)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", action="append", required=True, metavar="SRC", help="folder, glob, list file (.txt) or s3:// prefix; repeatable")
     parser.add_argument("--output", required=True, metavar="DEST", help="local folder or s3:// prefix")
-    parser.add_argument("--fps", type=int, default=FPS)
-    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE)
-    parser.add_argument("--sample-rate", type=int, default=MEL.sample_rate, help="audio rate; mel settings follow discohead.contracts.MEL")
-    parser.add_argument("--n-mels", type=int, default=MEL.n_mels)
-    parser.add_argument("--landmarks", default="auto", choices=("auto", "dlib", "face-alignment"))
-    parser.add_argument("--split-ratio", type=float, default=0.8, help="fraction of clips (or of each clip's chunks) for train")
-    parser.add_argument("--split-mode", default="clip", choices=("clip", "time"), help="clip: whole clips per split; time: start of each clip train, end test")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the by-clip split")
-    parser.add_argument("--chunk-frames", type=int, default=CHUNK_FRAMES, help="consecutive frames per shard sample (and the granularity of --split-mode time)")
-    parser.add_argument("--shard-size-mb", type=float, default=256.0, help="target size of one tar shard")
-    parser.add_argument("--allow-silent", action="store_true", help="keep clips without an audio stream or with a silent track")
-    parser.add_argument("--max-missing-face", type=float, default=0.2, help="skip a clip when no face is found in more than this fraction of frames")
-    parser.add_argument("--max-seconds", type=float, default=600.0, help="skip longer clips (split long videos first)")
-    parser.add_argument("--detect-every", type=int, default=5, help="run the face detector every N frames, track in between")
-    parser.add_argument("--detect-max-side", type=int, default=640, help="frames are shrunk to at most this for face detection")
-    parser.add_argument("--max-frame-side", type=int, default=1920, help="larger frames are shrunk to this before cropping")
+    parser.add_argument("--landmarks", default="auto", choices=("auto", "dlib", "face-alignment"), help="landmark backend (default: auto)")
+    parser.add_argument("--shard-size-mb", type=float, default=256.0, help="target size of one tar shard (default: 256)")
     parser.add_argument("--workers", type=int, default=None, help="clip-processing actors (default: one per CPU of the cluster)")
     parser.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL from the environment)")
     parser.add_argument("--overwrite", action="store_true", help="delete DEST's previous output and redo every clip")
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, set by `ray job submit`; else a new local Ray)")
+    flags.add_flags(parser.add_argument_group("shard settings (recorded in the manifest)"), ClipConfig)
     args = parser.parse_args(argv)
-    if not 0.0 < args.split_ratio < 1.0:
-        parser.error("--split-ratio must be between 0 and 1")
-    if args.image_size < 16 or args.fps < 1 or args.detect_every < 1:
-        parser.error("--image-size must be >= 16, --fps and --detect-every >= 1")
+    try:
+        args.config = flags.build(ClipConfig, ClipConfig(), flags.given(args, ClipConfig))
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
-def clip_config_from(args: argparse.Namespace) -> ClipConfig:
-    mel = dataclasses.replace(MEL, sample_rate=args.sample_rate, n_mels=args.n_mels)
-    return ClipConfig(
-        fps=args.fps,
-        image_size=args.image_size,
-        mel=mel,
-        split_mode=args.split_mode,
-        train_ratio=args.split_ratio,
-        seed=args.seed,
-        chunk_frames=args.chunk_frames,
-        allow_silent=args.allow_silent,
-        max_missing_face=args.max_missing_face,
-        max_seconds=args.max_seconds,
-        detect_every=args.detect_every,
-        detect_max_side=args.detect_max_side,
-        max_frame_side=args.max_frame_side,
-    )
-
-
 def storage_options_from(args: argparse.Namespace) -> dict[str, Any]:
-    """fsspec options for s3:// paths (see cli_support.s3_options)."""
+    """fsspec options for s3:// paths (the endpoint; credentials stay in the environment)."""
     return s3_options("s3://", args.s3_endpoint)
 
 
@@ -190,12 +152,12 @@ def resolve_backend(name: str) -> str:
     return backend.name
 
 
-def list_inputs(inputs: list[str], storage_options: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+def list_inputs(inputs: list[str], storage_options: dict[str, Any]) -> tuple[list[str], list[ClipRecord]]:
     rows = ray.data.from_items([{"input": spec} for spec in inputs]).flat_map(list_input, fn_kwargs={"storage_options": storage_options}).take_all()
     sources, skipped, seen = [], [], set()
     for row in rows:
         if row["source"] is None:
-            skipped.append({"clip_id": None, "source": row["input"], "status": "skipped", "reason": "not_found", "detail": row["error"]})
+            skipped.append(ClipRecord(None, row["input"], "skipped", "not_found", row["error"]))
         elif row["source"] not in seen:
             seen.add(row["source"])
             sources.append(row["source"])
@@ -203,15 +165,16 @@ def list_inputs(inputs: list[str], storage_options: dict[str, Any]) -> tuple[lis
 
 
 def print_summary(
-    manifest: dict[str, Any], decoded_frames: int, stored_frames: int, process_seconds: float, wall_seconds: float, workers: int
+    manifest: Manifest, decoded_frames: int, stored_frames: int, process_seconds: float, wall_seconds: float, workers: int
 ) -> None:
-    totals = manifest["totals"]
+    totals = manifest.totals
     print("[preprocess] summary")
-    print(f"  clips written   {totals['clips']} ({totals['chunks']['train']} train / {totals['chunks']['test']} test chunks of {manifest['config']['chunk_frames']} frames)")
-    print(f"  clips skipped   {totals['skipped']}")
-    for reason, count in totals["skipped_by_reason"].items():
+    chunks = f"{totals.chunks['train']} train / {totals.chunks['test']} test chunks of {manifest.config.chunk_frames} frames"
+    print(f"  clips written   {totals.clips} ({chunks})")
+    print(f"  clips skipped   {totals.skipped}")
+    for reason, count in totals.skipped_by_reason.items():
         print(f"    {reason:<16}{count:>4}  {SKIP_REASONS.get(reason, '')}")
-    print(f"  frames          {totals['frames']} ({totals['seconds'] / 60:.2f} min of video)")
+    print(f"  frames          {totals.frames} ({totals.seconds / 60:.2f} min of video)")
     rate = decoded_frames / process_seconds if process_seconds > 0 else 0.0
     print(
         f"  this run        {decoded_frames} frames decoded ({stored_frames} stored) in {process_seconds:.1f}s = "
@@ -222,7 +185,7 @@ def print_summary(
 
 def run(args: argparse.Namespace) -> int:
     started = time.time()
-    config = clip_config_from(args)
+    config: ClipConfig = args.config
     storage_options = storage_options_from(args)
     dest_options = options_for(args.output, storage_options)
     fs, root = filesystem_for(args.output, dest_options)
@@ -232,8 +195,7 @@ def run(args: argparse.Namespace) -> int:
     ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
     cpus = ray.cluster_resources().get("CPU", 1)
     backend_name = resolve_backend(args.landmarks)
-    config_json = {**config.to_json(), "landmarks": backend_name}
-    digest = config_hash(config_json)
+    digest = Manifest(config, backend_name, {}, [], []).config_hash
 
     commits = load_commits(fs, root)
     other = {commit.get("config_hash") for commit in commits} - {digest}
@@ -279,10 +241,10 @@ def run(args: argparse.Namespace) -> int:
         "process_seconds": round(process_seconds, 3),
         "wall_seconds": round(elapsed, 3),
     }
-    manifest = build_manifest(config_json, commits, listing_skips, run_info)
-    write_manifest(fs, root, manifest)
+    manifest = Manifest.build(config, backend_name, commits, listing_skips, run_info)
+    manifest.write(args.output, dest_options)
     print_summary(manifest, decoded_frames, processed_frames, process_seconds, elapsed, workers)
-    if manifest["totals"]["clips"] == 0:
+    if manifest.totals.clips == 0:
         print(f"[preprocess] error: no clip was written; the reasons are in {args.output.rstrip('/')}/{MANIFEST_NAME}", file=sys.stderr)
         return 1
     print(f"[preprocess] wrote {args.output.rstrip('/')}/{{{','.join(SPLITS)}}}/*.tar and {MANIFEST_NAME}")

@@ -7,7 +7,6 @@ ends in a skip with a short reason code (see ``SKIP_REASONS``) rather than an ex
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 from collections.abc import Iterator
@@ -19,10 +18,11 @@ import numpy as np
 import torch
 
 from ..audio import clip_windows
-from ..contracts import CHUNK_FRAMES, FPS, IMAGE_SIZE, MEL, SHARD_FORMAT_VERSION, MelSettings, eye_box_from_landmarks
-from .crop import CROP_LIFT, CROP_SCALE, crop_and_resize, crop_boxes, fill_missing, landmarks_to_crop
+from ..contracts import ClipConfig, eye_box_from_landmarks
+from ..manifest import ClipRecord
+from .crop import crop_and_resize, crop_boxes, fill_missing, landmarks_to_crop
 from .landmarks import LandmarkBackend, track_largest_face
-from .shards import ClipRecord, encode_sample
+from .shards import encode_sample
 from .video import MediaError, iter_video_frames, probe_and_decode_audio, reconcile_lengths, scaled_size
 
 SKIP_REASONS = {
@@ -40,35 +40,6 @@ SKIP_REASONS = {
     "failed": "an unexpected error while processing (the detail has it)",
 }
 """Every skip reason the manifest can record, with what it means."""
-
-
-@dataclass(frozen=True)
-class ClipConfig:
-    """Settings that change the bytes of the shards (all of them go into the config hash)."""
-
-    fps: int = FPS
-    image_size: int = IMAGE_SIZE
-    mel: MelSettings = MEL
-    split_mode: str = "clip"
-    train_ratio: float = 0.8
-    seed: int = 0
-    chunk_frames: int = CHUNK_FRAMES
-    allow_silent: bool = False
-    max_missing_face: float = 0.2
-    max_seconds: float = 600.0
-    smoothing_sigma: float = 2.0
-    crop_scale: float = CROP_SCALE
-    crop_lift: float = CROP_LIFT
-    detect_max_side: int = 640
-    detect_every: int = 5
-    max_frame_side: int = 1920
-    audio_tolerance_s: float = 0.2
-    silence_dbfs: float = -60.0
-
-    def to_json(self) -> dict[str, Any]:
-        config = dataclasses.asdict(self)
-        config["format_version"] = SHARD_FORMAT_VERSION
-        return config
 
 
 @dataclass

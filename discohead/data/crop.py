@@ -10,12 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-CROP_SCALE = 1.7
-"""Crop side as a multiple of the landmarks' larger extent: the whole head with a margin."""
-
-CROP_LIFT = 0.08
-"""Fraction of the crop side the centre moves up from the landmarks' centre (brows to chin
-leave out the forehead)."""
+from ..contracts import CROP_LIFT, CROP_SCALE
 
 
 def boxes_from_landmarks(landmarks: np.ndarray, scale: float = CROP_SCALE, lift: float = CROP_LIFT) -> np.ndarray:

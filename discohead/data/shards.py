@@ -15,31 +15,25 @@ published and redoes its clips, so every clip ends up in the shards exactly once
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import io
 import json
 import os
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 
 from ..contracts import MANIFEST_NAME, SHARD_FORMAT_VERSION, SHARD_KEYS, SPLITS
+from ..manifest import ClipRecord, Manifest, ShardFormatError
+from ..storage import filesystem_for, is_local, publish_bytes, publish_file
 
 COMMITS_DIR = "_commits"
 STAGING_DIR = "_staging"
-
-
-class ShardFormatError(Exception):
-    """Shards or a manifest this version of the code cannot read."""
 
 
 # --- samples -----------------------------------------------------------------------
@@ -86,17 +80,7 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return decoded
 
 
-# --- storage -----------------------------------------------------------------------
-
-
-def filesystem_for(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem and the protocol-less root path of ``url``."""
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs, root.rstrip("/")
-
-
-def is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    return isinstance(fs, LocalFileSystem)
+# --- writing -----------------------------------------------------------------------
 
 
 def staging_folder(fs: fsspec.AbstractFileSystem, root: str) -> str:
@@ -111,69 +95,6 @@ def staging_folder(fs: fsspec.AbstractFileSystem, root: str) -> str:
         parent.mkdir(parents=True, exist_ok=True)
         return tempfile.mkdtemp(prefix="task-", dir=parent)
     return tempfile.mkdtemp(prefix="discohead-shards-")
-
-
-def _local_target(final_path: str) -> tuple[Path, Path]:
-    """``final_path`` with its folder created, and the dot-named ``.partial`` name beside it
-    that a file is written under before its atomic rename (interrupted ones are removed)."""
-    final = Path(final_path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return final, final.with_name(f".{final.name}.partial")
-
-
-def publish_file(local_path: str | Path, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
-    """Move a finished local file to ``final_path``, where it appears all at once.
-
-    Locally: a rename when both are on one filesystem, else a copy next to the target
-    under a dot-name and a rename. Object stores show an object only once its upload
-    completes, so a plain PUT is already atomic. The local file is gone afterwards.
-    """
-    if is_local(fs):
-        final, partial = _local_target(final_path)
-        try:
-            os.replace(local_path, final)
-            return
-        except OSError as error:
-            if error.errno != errno.EXDEV:
-                raise
-        fs.put_file(str(local_path), str(partial))
-        os.replace(partial, final)
-    else:
-        fs.put_file(str(local_path), final_path)
-    os.unlink(local_path)
-
-
-def publish_bytes(data: bytes, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
-    """Write a small file (a commit record, the manifest) so that it appears all at once."""
-    if is_local(fs):
-        final, partial = _local_target(final_path)
-        partial.write_bytes(data)
-        os.replace(partial, final)
-    else:
-        fs.pipe_file(final_path, data)
-
-
-@dataclass
-class ClipRecord:
-    """What the manifest says about one input: stored (with its shards) or skipped (with why)."""
-
-    clip_id: str
-    source: str
-    status: str
-    reason: str | None = None
-    detail: str | None = None
-    frames: int = 0
-    decoded_frames: int = 0
-    fps: float = 0.0
-    split: str | None = None
-    chunks: dict[str, int] = field(default_factory=dict)
-    shards: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    started_at: float = 0.0
-    seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
 
 
 def write_sample(tar: tarfile.TarFile, sample: dict[str, Any]) -> int:
@@ -315,67 +236,6 @@ def remove_outputs(fs: fsspec.AbstractFileSystem, root: str) -> None:
         fs.rm_file(f"{root}/{MANIFEST_NAME}")
 
 
-# --- manifest ----------------------------------------------------------------------
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """Stable short hash of the settings that change a shard's bytes."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def build_manifest(
-    config: dict[str, Any],
-    commits: list[dict[str, Any]],
-    listing_skips: list[dict[str, Any]],
-    run: dict[str, Any],
-) -> dict[str, Any]:
-    """The manifest: config and hash, format version, every clip, every skipped input, totals."""
-    clips = sorted((clip for commit in commits for clip in commit["clips"]), key=lambda clip: clip["clip_id"])
-    stored = [clip for clip in clips if clip["status"] == "ok"]
-    skipped = [clip for clip in clips if clip["status"] != "ok"] + listing_skips
-    skip_counts: dict[str, int] = {}
-    for clip in skipped:
-        skip_counts[clip["reason"]] = skip_counts.get(clip["reason"], 0) + 1
-    shards = {split: sorted(shard for commit in commits for shard in commit["shards"] if shard.startswith(f"{split}/")) for split in SPLITS}
-    return {
-        "format_version": SHARD_FORMAT_VERSION,
-        "config": config,
-        "config_hash": config_hash(config),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "run": run,
-        "shards": shards,
-        "clips": stored,
-        "skipped": skipped,
-        "totals": {
-            "clips": len(stored),
-            "skipped": len(skipped),
-            "skipped_by_reason": dict(sorted(skip_counts.items())),
-            "frames": sum(clip["frames"] for clip in stored),
-            "chunks": {split: sum(clip["chunks"].get(split, 0) for clip in stored) for split in SPLITS},
-            "seconds": round(sum(clip["frames"] / clip["fps"] for clip in stored if clip["fps"]), 3),
-        },
-    }
-
-
-def write_manifest(fs: fsspec.AbstractFileSystem, root: str, manifest: dict[str, Any]) -> None:
-    publish_bytes(json.dumps(manifest, indent=1).encode(), fs, f"{root}/{MANIFEST_NAME}")
-
-
-def read_manifest(dest: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest of a preprocessed dataset; refuses other shard format versions."""
-    fs, root = filesystem_for(dest, storage_options)
-    path = f"{root}/{MANIFEST_NAME}"
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{dest} has no {MANIFEST_NAME}: run pipelines/preprocess.py --output {dest} first")
-    manifest = json.loads(fs.cat_file(path))
-    if manifest.get("format_version") != SHARD_FORMAT_VERSION:
-        raise ShardFormatError(
-            f"{dest} holds shard format {manifest.get('format_version')}, this code reads {SHARD_FORMAT_VERSION}: "
-            "rerun preprocessing with --overwrite"
-        )
-    return manifest
-
-
 # --- reading -----------------------------------------------------------------------
 
 
@@ -394,8 +254,8 @@ def iter_split(dest: str, split: str, storage_options: dict[str, Any] | None = N
     """Decoded samples of one split, in manifest order (the training job's entry point)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    manifest = read_manifest(dest, storage_options)
+    manifest = Manifest.read(dest, storage_options)
     fs, root = filesystem_for(dest, storage_options)
-    for shard in manifest["shards"][split]:
+    for shard in manifest.shards[split]:
         for sample in iter_shard(fs, f"{root}/{shard}"):
             yield decode_sample(sample)

@@ -4,7 +4,8 @@ A "clip" is a bright ellipse (a head) that drifts and turns over time on a dark
 background, with a darker mouth whose opening follows the loudness of random audio.
 Written with the same writer and manifest code as ``pipelines/preprocess.py``, so a
 training run cannot tell them from real shards; they are documented as synthetic in
-their manifest (``config.synthetic = true``).
+their manifest (``config.synthetic = true``). :func:`synthetic_chunks` gives the same
+clips as in-memory chunks, for runs without shards (``discohead.smoke``, benchmarks).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..contracts import CHUNK_FRAMES, FPS, MEL
-from .shards import ClipRecord, ShardWriterTask, build_manifest, encode_sample, filesystem_for, write_manifest
+from ..contracts import CHUNK_FRAMES, FPS, MEL, ClipConfig
+from ..manifest import ClipRecord, Manifest
+from .shards import ShardWriterTask, encode_sample
 
 
 def synthetic_clip(frames: int, image_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -49,6 +51,18 @@ def synthetic_clip(frames: int, image_size: int, rng: np.random.Generator) -> di
     return {"frames": video, "mel": mel.astype(np.float16), "eye_boxes": np.clip(eye_boxes, 0, 1)}
 
 
+def synthetic_chunks(clips: int, frames_per_clip: int, image_size: int, chunk_frames: int = CHUNK_FRAMES, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Synthetic clips cut into chunks with the columns training reads (``key``, ``frames``, ``mel``, ``eye_boxes``)."""
+    rng = np.random.default_rng(seed)
+    chunks = []
+    for index in range(clips):
+        clip = synthetic_clip(frames_per_clip, image_size, rng)
+        for chunk in range(frames_per_clip // chunk_frames):
+            part = slice(chunk * chunk_frames, (chunk + 1) * chunk_frames)
+            chunks.append({"key": f"synthetic-{seed}-{index:03d}-{chunk:05d}", **{name: clip[name][part] for name in ("frames", "mel", "eye_boxes")}})
+    return chunks
+
+
 def write_synthetic_shards(
     dest: str,
     clips: int = 4,
@@ -57,11 +71,12 @@ def write_synthetic_shards(
     chunk_frames: int = CHUNK_FRAMES,
     seed: int = 0,
     storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Write ``clips`` synthetic clips as train/test shards plus a manifest; returns the manifest.
 
     Each clip's chunks go to train except its last, which goes to test (a split by time).
     """
+    config = ClipConfig(image_size=image_size, chunk_frames=chunk_frames, split_mode="time", seed=seed)
     rng = np.random.default_rng(seed)
     writer = ShardWriterTask(dest, storage_options, name=f"synthetic-{seed}", target_bytes=64 * 2**20)
     for index in range(clips):
@@ -78,9 +93,7 @@ def write_synthetic_shards(
             samples.append((split, encode_sample(f"{clip_id}-{chunk:05d}", clip["frames"][part], clip["mel"][part], landmarks, clip["eye_boxes"][part], meta)))
         record.split = "time"
         writer.add_clip(record, samples)
-    commit = writer.commit()
-    config = {"synthetic": True, "image_size": image_size, "fps": FPS, "chunk_frames": chunk_frames, "n_mels": MEL.n_mels, "seed": seed}
-    manifest = build_manifest(config, [commit], [], {"id": f"synthetic-{seed}"})
-    fs, root = filesystem_for(dest, storage_options)
-    write_manifest(fs, root, manifest)
+    commit = writer.commit(extra={"config_hash": "synthetic"})
+    manifest = Manifest.build(config, "none", [commit], run={"id": f"synthetic-{seed}"}, synthetic=True)
+    manifest.write(dest, storage_options)
     return manifest

@@ -1,0 +1,89 @@
+"""Command-line flags generated from a configuration dataclass, so a setting is written once.
+
+Each field becomes ``--field-name`` (or ``metadata["flag"]``) with the field's type, its
+default in the help, ``metadata["help"]`` and ``metadata["choices"]``; a nested frozen
+dataclass field (``ClipConfig.mel``) contributes its own fields. Flags are parsed with
+``argparse.SUPPRESS`` defaults, so :func:`given` returns only what the user typed: the
+jobs lay those over the defaults, or over the configuration a resumed run saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+_NESTED = "__nested__"
+
+
+def _flag_type(hint: Any) -> tuple[Any, tuple[Any, ...] | None]:
+    """(base type, choices) of a field's annotation; ``X | None`` is ``X``."""
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in get_args(hint) if arg is not type(None))
+    if get_origin(hint) is Literal:
+        return type(get_args(hint)[0]), get_args(hint)
+    return hint, None
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered not in ("1", "0", "true", "false", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false)")
+    return lowered in ("1", "true", "yes")
+
+
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, defaults: Any = None, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of the dataclass ``cls``; help shows ``defaults``' values (or the fields')."""
+    hints = get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip or field.metadata.get("flag") is False:
+            continue
+        default = getattr(defaults, field.name) if defaults is not None else field.default
+        hint, choices = _flag_type(hints[field.name])
+        if dataclasses.is_dataclass(hint):
+            add_flags(parser, hint, default, skip)
+            continue
+        flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+        help_text = field.metadata.get("help", "")
+        shown = "" if default is dataclasses.MISSING or default is None else f" (default: {default})"
+        options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text + shown}
+        if field.metadata.get("metavar"):
+            options["metavar"] = field.metadata["metavar"]
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+            continue
+        if field.metadata.get("parse"):
+            options["type"] = field.metadata["parse"]
+        else:
+            options["type"] = hint if hint in (int, float, str) else str
+        options["choices"] = field.metadata.get("choices", choices)
+        if field.metadata.get("repeat"):
+            options["action"] = "append"
+        parser.add_argument(flag, **options)
+
+
+def given(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` (nested ones under their parent's name) the user gave on the command line."""
+    values = vars(namespace)
+    hints = get_type_hints(cls)
+    found: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        hint, _ = _flag_type(hints[field.name])
+        if dataclasses.is_dataclass(hint):
+            nested = given(namespace, hint)
+            if nested:
+                found[field.name] = nested
+        elif field.name in values:
+            found[field.name] = values[field.name]
+    return found
+
+
+def build(cls: type, base: Any, changes: dict[str, Any]) -> Any:
+    """``base`` with ``changes`` applied, nested dataclasses included (a frozen config is rebuilt, so it validates)."""
+    updates = {}
+    for name, value in changes.items():
+        current = getattr(base, name)
+        updates[name] = build(type(current), current, value) if dataclasses.is_dataclass(current) and isinstance(value, dict) else value
+    return dataclasses.replace(base, **updates)

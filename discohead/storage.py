@@ -1,0 +1,96 @@
+"""Where bytes live: a URL to a filesystem, S3 options, Ray Train's filesystem, atomic publish.
+
+Every job reads and writes through this module, so a local folder and an ``s3://`` prefix
+(AWS or any S3-compatible server) behave the same. S3 credentials stay in the standard
+AWS environment of every node (``AWS_ACCESS_KEY_ID``, an instance profile, ...): they never
+travel with a job, a config or a log. Only the endpoint may be given explicitly.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def s3_options(url: str, endpoint: str | None = None) -> dict[str, Any]:
+    """fsspec options for ``url``: for s3:// the endpoint (``endpoint`` or AWS_ENDPOINT_URL), else none."""
+    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if url.startswith("s3://") and endpoint else {}
+
+
+def filesystem_for(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and the protocol-less root path of ``url``."""
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, root.rstrip("/")
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def absolute(url: str) -> str:
+    """A local path made absolute (workers may run elsewhere); URLs unchanged."""
+    return url if is_remote(url) else str(Path(url).expanduser().resolve())
+
+
+def pyarrow_filesystem(url: str, endpoint: str | None = None) -> tuple[str, Any]:
+    """Ray Train's ``(storage_path, storage_filesystem)`` for a local folder or an s3:// prefix.
+
+    Ray Train writes checkpoints through pyarrow; wrapping the same s3fs filesystem the
+    other stages use keeps one set of S3 options (endpoint, credentials) for all of them.
+    """
+    if not is_remote(url):
+        return absolute(url), None
+    import pyarrow.fs
+
+    fs, root = filesystem_for(url, s3_options(url, endpoint))
+    return root, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def _local_target(final_path: str) -> tuple[Path, Path]:
+    """``final_path`` with its folder created, and the dot-named ``.partial`` name beside it
+    that a file is written under before its atomic rename (interrupted ones are removed)."""
+    final = Path(final_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return final, final.with_name(f".{final.name}.partial")
+
+
+def publish_file(local_path: str | Path, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
+    """Move a finished local file to ``final_path``, where it appears all at once.
+
+    Locally: a rename when both are on one filesystem, else a copy next to the target
+    under a dot-name and a rename. Object stores show an object only once its upload
+    completes, so a plain PUT is already atomic. The local file is gone afterwards.
+    """
+    if is_local(fs):
+        final, partial = _local_target(final_path)
+        try:
+            os.replace(local_path, final)
+            return
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+        fs.put_file(str(local_path), str(partial))
+        os.replace(partial, final)
+    else:
+        fs.put_file(str(local_path), final_path)
+    os.unlink(local_path)
+
+
+def publish_bytes(data: bytes, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
+    """Write a small file (a commit record, the manifest) so that it appears all at once."""
+    if is_local(fs):
+        final, partial = _local_target(final_path)
+        partial.write_bytes(data)
+        os.replace(partial, final)
+    else:
+        fs.pipe_file(final_path, data)

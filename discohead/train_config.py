@@ -1,0 +1,199 @@
+"""The training run's configuration: one typed object from the flags to the checkpoint.
+
+``pipelines/train.py`` generates its flags from :class:`TrainConfig`'s fields
+(``discohead.flags``), builds the config once, checks it against the shards
+(:meth:`TrainConfig.resolve`), and then the same object goes to every Ray Train worker,
+into the MLflow run as its params (:meth:`TrainConfig.params`) and into every checkpoint
+(:meth:`TrainConfig.to_dict`), from which ``--resume`` reads it back. A new
+hyper-parameter is one new field here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import VARIANTS, WIDTHS, DisCoHeadConfig
+from .contracts import CHECKPOINT_FILE
+from .manifest import Manifest
+from .storage import filesystem_for
+
+LAUNCH_ONLY = ("resume", "ray_address")
+"""Flags of the training job that say how to launch, not what to train (not in the config)."""
+
+_FIXED_MODEL_FIELDS = ("variant", "motion", "fusion", "image_size", "n_mels", "audio_frames")
+"""Model fields set by the variant and by the shards, never by ``--model-option``."""
+
+
+def _model_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` to a typed DisCoHeadConfig field."""
+    key, separator, value = text.partition("=")
+    fields = {item.name for item in dataclasses.fields(DisCoHeadConfig)}
+    if not separator or key not in fields or key in _FIXED_MODEL_FIELDS:
+        raise ValueError(f"--model-option {text!r}: {key!r} is not a model option (see discohead/config.py)")
+    current = getattr(VARIANTS["affine-dm"], key)
+    try:
+        if isinstance(current, bool):
+            return key, value.lower() in ("1", "true", "yes")
+        if isinstance(current, tuple):
+            return key, tuple(int(part) for part in value.split(","))
+        return key, type(current)(value)
+    except ValueError:
+        raise ValueError(f"--model-option {text!r}: {value!r} is not a valid {type(current).__name__}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Field metadata gives each flag's help."""
+
+    # what to train, on what
+    variant: str = field(default="", metadata={"choices": (*VARIANTS, "all"), "help": "model variant; all trains the four side by side"})
+    data: str = field(default="", metadata={"metavar": "DEST", "help": "output of pipelines/preprocess.py: local folder or s3:// prefix"})
+    image_size: int | None = field(default=None, metadata={"help": "train at this size (default: the shards'); smaller is resized on the fly"})
+    widths: str = field(default="paper", metadata={"choices": tuple(WIDTHS), "help": "channel widths: the paper's, or narrower ones for CPU runs and tests"})
+    model_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"flag": "--model-option", "repeat": True, "metavar": "KEY=VALUE", "help": "override a DisCoHeadConfig field, e.g. feature_channels=256; repeatable"},
+    )
+
+    # optimisation (paper §3.2: Adam 1e-4, batch 16)
+    batch_size: int = field(default=16, metadata={"help": "global batch, split across the workers (paper: 16)"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (paper: 1e-4)"})
+    max_steps: int | None = field(default=None, metadata={"help": "optimisation steps (1000 unless --epochs)"})
+    epochs: float | None = field(default=None, metadata={"help": "passes over the training chunks, converted to steps"})
+    pairs_per_chunk: int = field(default=8, metadata={"help": "(source, driver) pairs drawn from each chunk per pass"})
+    perceptual_weight: float = field(default=1.0, metadata={"help": "lambda of the VGG-19 term; 0 trains on L1 alone"})
+    vgg_weights: str | None = field(default=None, metadata={"help": "path to vgg19-dcbb9e9d.pth (default: torch hub cache or DISCOHEAD_VGG19_WEIGHTS)"})
+    seed: int = field(default=0, metadata={"help": "seed of the model's initialisation and of the pair draws"})
+
+    # scale and failures
+    num_workers: int = field(default=1, metadata={"help": "data-parallel workers per variant"})
+    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, NCCL and bf16 autocast"})
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs each worker reserves"})
+    max_failures: int = field(default=3, metadata={"help": "worker-group restarts from the last checkpoint before giving up"})
+
+    # outputs
+    storage: str = field(default="outputs/train", metadata={"help": "checkpoint storage: local folder or s3:// prefix"})
+    experiment: str = field(default="discohead", metadata={"help": "MLflow experiment and run-name prefix"})
+    register: str | None = field(default=None, metadata={"metavar": "NAME", "help": "register the final model in MLflow's registry under NAME (alias: --alias)"})
+    alias: str = field(default="candidate", metadata={"help": "alias the registered version gets, so models:/NAME@ALIAS finds it"})
+    log_every: int = field(default=50, metadata={"help": "steps between metric logs"})
+    checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
+    image_every: int | None = field(default=None, metadata={"help": "steps between sample grids (default: every checkpoint)"})
+    s3_endpoint: str | None = field(default=None, metadata={"help": "S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)"})
+
+    def __post_init__(self) -> None:
+        options = self.model_options
+        if isinstance(options, (list, tuple)):  # KEY=VALUE strings from the command line
+            options = dict(_model_option(text) if isinstance(text, str) else text for text in options)
+        object.__setattr__(self, "model_options", dict(options))
+        if self.variant not in (*VARIANTS, "all"):
+            raise ValueError(f"--variant {self.variant!r}: choose one of {', '.join(VARIANTS)} or all")
+        if not self.data:
+            raise ValueError("--data is required: the output folder (or s3:// prefix) of pipelines/preprocess.py")
+        if self.num_workers < 1:
+            raise ValueError("--num-workers must be at least 1")
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"--batch-size {self.batch_size} does not split evenly across {self.num_workers} workers")
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("give --max-steps or --epochs, not both")
+        for name in ("batch_size", "pairs_per_chunk", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.lr <= 0 or self.perceptual_weight < 0:
+            raise ValueError("--lr must be positive and --perceptual-weight not negative")
+
+    # --- derived -------------------------------------------------------------------
+
+    @property
+    def variants(self) -> list[str]:
+        return list(VARIANTS) if self.variant == "all" else [self.variant]
+
+    def for_variant(self, variant: str) -> TrainConfig:
+        return dataclasses.replace(self, variant=variant)
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.batch_size // self.num_workers
+
+    @property
+    def chunks_per_fetch(self) -> int:
+        """Chunks a worker takes from the data stream at a time: enough for one batch of pairs."""
+        return max(1, math.ceil(self.per_worker_batch / self.pairs_per_chunk))
+
+    @property
+    def steps(self) -> int:
+        if self.max_steps is None:
+            raise ValueError("the config is not resolved against the data yet (TrainConfig.resolve)")
+        return self.max_steps
+
+    @property
+    def image_steps(self) -> int:
+        return self.image_every or self.checkpoint_every
+
+    def resolve(self, manifest: Manifest) -> TrainConfig:
+        """This config with what the shards decide: image size, steps of ``--epochs``, mel settings.
+
+        Raises ValueError with what to do when the shards cannot serve it.
+        """
+        train_chunks = manifest.chunks("train")
+        if not manifest.shards.get("train") or train_chunks == 0:
+            raise ValueError(f"{self.data} has no training shards: preprocess more clips (see the skipped reasons in its manifest)")
+        image_size = self.image_size or manifest.image_size
+        if image_size > manifest.image_size:
+            raise ValueError(f"--image-size {image_size} is larger than the shards' {manifest.image_size} px: preprocess with --image-size {image_size} or train smaller")
+        max_steps = self.max_steps
+        if max_steps is None:
+            max_steps = max(1, int(self.epochs * train_chunks * self.pairs_per_chunk // self.batch_size)) if self.epochs else 1000
+        # The model's audio input follows the shards' mel settings.
+        options = {**self.model_options, "n_mels": manifest.mel.n_mels, "audio_frames": manifest.mel.window_frames}
+        resolved = dataclasses.replace(self, image_size=image_size, max_steps=max_steps, model_options=options)
+        resolved.model_config()  # raises ValueError for impossible sizes and widths
+        return resolved
+
+    def model_config(self, variant: str | None = None) -> DisCoHeadConfig:
+        """The model this run trains (``variant`` for one of ``all``)."""
+        variant = variant or (self.variant if self.variant != "all" else "affine-dm")
+        size = {"image_size": self.image_size} if self.image_size else {}
+        try:
+            return DisCoHeadConfig.for_variant(variant, **size, **{**WIDTHS[self.widths], **self.model_options})
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+
+    # --- records -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (a checkpoint stores this; tensors-only loading accepts it)."""
+        return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)} | {"model_options": dict(self.model_options)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {item.name for item in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+    def params(self, model: DisCoHeadConfig) -> dict[str, Any]:
+        """The MLflow params of a run: every field, the model's full config under ``model.``."""
+        values = {key: value for key, value in self.to_dict().items() if key != "model_options"}
+        return values | {f"model.{key}": value for key, value in model.to_dict().items()}
+
+
+def resume_point(storage: str, storage_options: dict[str, Any], name_prefix: str) -> tuple[str, dict[str, Any]]:
+    """The latest run ``NAME_PREFIX*`` under ``storage`` and the training config its last checkpoint saved.
+
+    Raises FileNotFoundError when there is no such run, or its checkpoints carry no config.
+    """
+    import torch
+
+    fs, root = filesystem_for(storage, storage_options)
+    runs = sorted(Path(path).name for path in fs.glob(f"{root}/{name_prefix}*") if fs.isdir(path))
+    checkpoints = sorted(fs.glob(f"{root}/{runs[-1]}/step-*/{CHECKPOINT_FILE}")) if runs else []
+    if not checkpoints:
+        raise FileNotFoundError(f"no checkpoint of a run {name_prefix}* in {storage}; drop --resume to start one")
+    with fs.open(checkpoints[-1], "rb") as handle:
+        saved = torch.load(handle, map_location="cpu", weights_only=True).get("train_config")
+    if not saved:
+        raise FileNotFoundError(f"{checkpoints[-1]} holds no training config (written by an older version); drop --resume")
+    return runs[-1], saved
