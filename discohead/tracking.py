@@ -282,7 +282,12 @@ def load_checkpoint(ref: str, uri: str | None = None, storage_options: dict[str,
             artifact_uri = f"runs:/{ref}/{MODEL_NAME}" if _RUN_ID.match(ref) else ref
             if artifact_uri.startswith("runs:/") and artifact_uri.count("/") == 1:
                 artifact_uri = f"{artifact_uri}/{MODEL_NAME}"
-            local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=directory, tracking_uri=uri or tracking_uri())
+            previous = mlflow.get_tracking_uri()
+            mlflow.set_tracking_uri(uri or tracking_uri())  # runs:/ID/model resolves its logged model through the global URI
+            try:
+                local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=directory)
+            finally:
+                mlflow.set_tracking_uri(previous)
             path = local if local.endswith(CHECKPOINT_FILE) else _find_checkpoint(local)
             return torch.load(path, map_location="cpu", weights_only=True)
         options = storage_options if storage_options is not None else s3_options(ref)

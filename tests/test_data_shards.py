@@ -10,23 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discohead.contracts import CHUNK_FRAMES, MANIFEST_NAME, SHARD_FORMAT_VERSION, SHARD_KEYS
-from discohead.data.shards import (
-    COMMITS_DIR,
-    STAGING_DIR,
-    ClipRecord,
-    ShardFormatError,
-    ShardWriterTask,
-    build_manifest,
-    decode_sample,
-    encode_sample,
-    filesystem_for,
-    iter_shard,
-    iter_split,
-    load_commits,
-    read_manifest,
-    write_manifest,
-)
+from discohead.contracts import CHUNK_FRAMES, MANIFEST_NAME, SHARD_FORMAT_VERSION, SHARD_KEYS, ClipConfig
+from discohead.data.shards import COMMITS_DIR, STAGING_DIR, ShardWriterTask, decode_sample, encode_sample, iter_shard, iter_split, load_commits
+from discohead.manifest import ClipRecord, Manifest, ShardFormatError
+from discohead.storage import filesystem_for
 
 
 def fake_sample(clip_id: str, chunk: int, size: int = 8) -> dict:
@@ -118,14 +105,16 @@ def test_interrupted_commit_is_rolled_back(tmp_path):
 def test_manifest_and_reader_local(tmp_path):
     write_clips(str(tmp_path), "run-00000", {"a": ["train", "test"], "b": ["train"]})
     fs, root = filesystem_for(str(tmp_path))
-    missing = {"clip_id": None, "source": "/nowhere/*.mp4", "status": "skipped", "reason": "not_found", "detail": "matches no file"}
-    manifest = build_manifest({"fps": 25}, load_commits(fs, root), [missing], {"id": "run"})
-    write_manifest(fs, root, manifest)
-    stored = read_manifest(str(tmp_path))
-    assert stored["totals"]["clips"] == 2 and stored["totals"]["frames"] == 3 * CHUNK_FRAMES
-    assert stored["totals"]["skipped_by_reason"] == {"corrupt": 1, "not_found": 1}
-    assert stored["totals"]["chunks"] == {"train": 2, "test": 1}
-    assert len(stored["config_hash"]) == 16 and stored["format_version"] == SHARD_FORMAT_VERSION
+    missing = ClipRecord(None, "/nowhere/*.mp4", "skipped", "not_found", "matches no file")
+    Manifest.build(ClipConfig(), "dlib", load_commits(fs, root), [missing], {"id": "run"}).write(str(tmp_path))
+    stored = Manifest.read(str(tmp_path))
+    assert stored.totals.clips == 2 and stored.totals.frames == 3 * CHUNK_FRAMES
+    assert stored.totals.skipped_by_reason == {"corrupt": 1, "not_found": 1}
+    assert stored.totals.chunks == {"train": 2, "test": 1}
+    assert len(stored.config_hash) == 16 and stored.format_version == SHARD_FORMAT_VERSION
+    assert stored.config == ClipConfig() and stored.landmarks == "dlib" and stored.skipped[-1].clip_id is None
+    on_disk = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert on_disk["config"]["mel"]["n_mels"] == 80 and on_disk["totals"]["clips"] == 2, "the file stays readable by people"
     keys = [sample["__key__"] for sample in iter_split(str(tmp_path), "train")]
     assert sorted(keys) == ["a_0000", "b_0000"]
     assert [sample["__key__"] for sample in iter_split(str(tmp_path), "test")] == ["a_0001"]
@@ -133,10 +122,10 @@ def test_manifest_and_reader_local(tmp_path):
 
 def test_reader_refuses_missing_or_foreign_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="run pipelines/preprocess.py"):
-        read_manifest(str(tmp_path))
+        Manifest.read(str(tmp_path))
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format_version": 0}))
     with pytest.raises(ShardFormatError):
-        read_manifest(str(tmp_path))
+        Manifest.read(str(tmp_path))
 
 
 def test_shards_on_s3(s3_server):
@@ -146,6 +135,6 @@ def test_shards_on_s3(s3_server):
     dest = "s3://shards-test/prepared"
     write_clips(dest, "run-00000", {"a": ["train"], "b": ["test"]}, options)
     s3, root = filesystem_for(dest, options)
-    write_manifest(s3, root, build_manifest({}, load_commits(s3, root), [], {}))
+    Manifest.build(ClipConfig(), "dlib", load_commits(s3, root)).write(dest, options)
     assert sorted(fs.ls("shards-test/prepared/train")) == ["shards-test/prepared/train/shard-run-00000-000.tar"]
     assert [sample["__key__"] for sample in iter_split(dest, "test", options)] == ["b_0000"]

@@ -16,7 +16,8 @@ import pytest
 
 from conftest import EXPECTED_OUTCOMES, REPO_ROOT, S3_SECRET, repo_env, venv_binary
 from discohead.contracts import MANIFEST_NAME
-from discohead.data.shards import COMMITS_DIR, iter_shard, iter_split, read_manifest
+from discohead.data.shards import COMMITS_DIR, iter_shard, iter_split
+from discohead.manifest import Manifest
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +31,9 @@ def preprocess(*args: str, env: dict[str, str] | None = None, timeout: float = 3
     )
 
 
-def outcome_by_file(manifest: dict) -> dict[str, str]:
-    outcomes = {Path(clip["source"]).name: "ok" for clip in manifest["clips"]}
-    outcomes.update({Path(clip["source"]).name: clip["reason"] for clip in manifest["skipped"]})
+def outcome_by_file(manifest: Manifest) -> dict[str, str]:
+    outcomes = {Path(clip.source).name: "ok" for clip in manifest.clips}
+    outcomes.update({Path(clip.source).name: clip.reason for clip in manifest.skipped})
     return outcomes
 
 
@@ -48,20 +49,20 @@ def test_direct_run_records_every_input_and_resumes(synthetic_media, tmp_path):
     dest = tmp_path / "prepared"
     first = preprocess("--input", str(media), "--input", str(tmp_path / "nowhere" / "*.mp4"), "--output", str(dest), *FAST)
     assert first.returncode == 0, first.stderr[-3000:]
-    manifest = read_manifest(str(dest))
+    manifest = Manifest.read(str(dest))
     outcomes = outcome_by_file(manifest)
     assert {name: outcomes[name] for name in EXPECTED_OUTCOMES} == EXPECTED_OUTCOMES
     assert outcomes["*.mp4"] == "not_found"
     ok_count = list(EXPECTED_OUTCOMES.values()).count("ok")
-    assert manifest["totals"]["clips"] == ok_count and manifest["config"]["landmarks"] == "dlib"
+    assert manifest.totals.clips == ok_count and manifest.landmarks == "dlib"
     train, test = list(iter_split(str(dest), "train")), list(iter_split(str(dest), "test"))
-    assert train and test and len(train) + len(test) == sum(sum(clip["chunks"].values()) for clip in manifest["clips"])
+    assert train and test and len(train) + len(test) == sum(sum(clip.chunks.values()) for clip in manifest.clips)
     assert train[0]["frames"].shape[1:] == (64, 64, 3)
     assert "clips written" in first.stdout and "frames/s" in first.stdout
 
     again = preprocess("--input", str(media), "--output", str(dest), *FAST)
     assert again.returncode == 0 and f"{len(EXPECTED_OUTCOMES)} already done" in again.stdout
-    assert [clip["clip_id"] for clip in read_manifest(str(dest))["clips"]] == [clip["clip_id"] for clip in manifest["clips"]]
+    assert [clip.clip_id for clip in Manifest.read(str(dest)).clips] == [clip.clip_id for clip in manifest.clips]
 
     changed = preprocess("--input", str(media), "--output", str(dest), "--image-size", "32", "--landmarks", "dlib")
     assert changed.returncode == 2 and "--overwrite" in changed.stderr and "Traceback" not in changed.stderr
@@ -71,7 +72,7 @@ def test_no_usable_clip_exits_non_zero_with_a_message(synthetic_media, tmp_path)
     dest = tmp_path / "prepared"
     result = preprocess("--input", str(synthetic_media["zero_bytes.mp4"]), "--input", str(synthetic_media["not_a_video.mp4"]), "--output", str(dest), *FAST)
     assert result.returncode == 1 and "no clip was written" in result.stderr and "Traceback" not in result.stderr
-    assert read_manifest(str(dest))["totals"]["skipped_by_reason"] == {"empty_file": 1, "not_a_video": 1}
+    assert Manifest.read(str(dest)).totals.skipped_by_reason == {"empty_file": 1, "not_a_video": 1}
 
 
 def upload(s3_server, bucket: str, files: list[Path]) -> None:
@@ -83,11 +84,11 @@ def upload(s3_server, bucket: str, files: list[Path]) -> None:
 
 def check_s3_output(s3_server, bucket: str, expected_ok: int) -> dict:
     options = s3_server.storage_options
-    manifest = read_manifest(f"s3://{bucket}/prepared", options)
-    assert manifest["totals"]["clips"] == expected_ok
+    manifest = Manifest.read(f"s3://{bucket}/prepared", options)
+    assert manifest.totals.clips == expected_ok
     samples = list(iter_split(f"s3://{bucket}/prepared", "train", options)) + list(iter_split(f"s3://{bucket}/prepared", "test", options))
-    assert len(samples) == sum(sum(clip["chunks"].values()) for clip in manifest["clips"])
-    assert S3_SECRET not in json.dumps(manifest)
+    assert len(samples) == sum(sum(clip.chunks.values()) for clip in manifest.clips)
+    assert S3_SECRET not in json.dumps(manifest.to_json())
     return manifest
 
 
@@ -100,7 +101,7 @@ def test_direct_run_on_s3_with_endpoint_flag(s3_server, synthetic_media):
     assert result.returncode == 0, result.stderr[-3000:]
     assert S3_SECRET not in result.stdout + result.stderr
     manifest = check_s3_output(s3_server, "direct", expected_ok=2)
-    assert manifest["skipped"][0]["reason"] == "no_audio_stream" and manifest["skipped"][0]["source"] == "s3://direct/raw/no_audio.mp4"
+    assert manifest.skipped[0].reason == "no_audio_stream" and manifest.skipped[0].source == "s3://direct/raw/no_audio.mp4"
 
 
 def test_ray_job_submit_on_s3(ray_head, s3_server, synthetic_media):
@@ -125,7 +126,7 @@ def test_ray_job_submit_is_refused_without_the_token(ray_head):
 
 def all_sample_keys(dest: Path) -> list[str]:
     """Keys of every sample in every published tar, manifest or not (to catch duplicates)."""
-    from discohead.data.shards import filesystem_for
+    from discohead.storage import filesystem_for
 
     fs, _ = filesystem_for(str(dest))
     return [sample["__key__"] for tar in sorted(dest.glob("*/*.tar")) for sample in iter_shard(fs, str(tar))]
@@ -154,9 +155,9 @@ def test_killed_halfway_then_rerun_stores_each_clip_exactly_once(synthetic_media
     rerun = preprocess("--input", str(media), "--output", str(dest), *FAST, "--shard-size-mb", "0.001")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "already done" in rerun.stdout
-    manifest = read_manifest(str(dest))
-    clip_ids = [clip["clip_id"] for clip in manifest["clips"]]
+    manifest = Manifest.read(str(dest))
+    clip_ids = [clip.clip_id for clip in manifest.clips]
     assert len(clip_ids) == len(set(clip_ids)) == 8
     keys = all_sample_keys(dest)
-    assert len(keys) == len(set(keys)) == sum(sum(clip["chunks"].values()) for clip in manifest["clips"])
+    assert len(keys) == len(set(keys)) == sum(sum(clip.chunks.values()) for clip in manifest.clips)
     assert {key.rsplit("_", 1)[0] for key in keys} == set(clip_ids)

@@ -22,13 +22,7 @@ from conftest import REPO_ROOT, repo_env, stop_process_group, venv_binary, wait_
 pytestmark = pytest.mark.slow
 
 SCRIPT = REPO_ROOT / "pipelines" / "train.py"
-TINY_MODEL = [
-    "--image-size", "32",
-    "--model-option", "feature_channels=32", "--model-option", "hourglass_max_channels=32",
-    "--model-option", "audio_channels=16", "--model-option", "encoder_channels=8",
-    "--model-option", "eye_channels=8,8,8,8,8",
-    "--perceptual-weight", "0",
-]  # fmt: skip
+TINY_MODEL = ["--image-size", "32", "--widths", "tiny", "--perceptual-weight", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +58,7 @@ def test_two_workers_train_on_different_samples(shards, mlflow_server, tmp_path)
     result = train(
         "--variant", "affine-nm", "--data", shards, "--num-workers", "2", "--batch-size", "4", "--max-steps", "4",
         "--log-every", "2", "--checkpoint-every", "4", "--storage", str(tmp_path / "runs"), "--experiment", "two-workers",
-        *TINY_MODEL, mlflow_uri=mlflow_server, cwd=tmp_path,
+        "--register", "two-workers-model", *TINY_MODEL, mlflow_uri=mlflow_server, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "step 4/4" in result.stdout + result.stderr
@@ -78,17 +72,28 @@ def test_two_workers_train_on_different_samples(shards, mlflow_server, tmp_path)
         keys.append(set(Path(path).read_text().split()))
     assert keys[0] and keys[1], "each worker read chunks"
     assert not keys[0] & keys[1], "the two workers saw different chunks"
-    assert run.data.params["num_workers"] == "2" and run.data.params["global_batch_size"] == "4"
+    assert run.data.params["num_workers"] == "2" and run.data.params["batch_size"] == "4"
     assert "data_config_hash" in run.data.params and "code_version" in run.data.params
-    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
-    assert {"checkpoint", "samples", "data"} <= artifacts
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "the UI opens on the training runs"
+    images = [item.path for item in client.list_artifacts(run.info.run_id, "images")]
+    assert any("samples+step+4+" in path for path in images), images
+
     import mlflow
+    import numpy as np
 
     from discohead.tracking import load_model
 
-    assert load_model(run.info.run_id, mlflow_server).config.variant == "affine-nm"
+    for ref in (run.info.run_id, f"runs:/{run.info.run_id}", "models:/two-workers-model/1", "models:/two-workers-model@candidate"):
+        assert load_model(ref, mlflow_server).config.variant == "affine-nm", ref
     mlflow.set_tracking_uri(mlflow_server)
-    assert mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model").config.image_size == 32
+    pyfunc = mlflow.pyfunc.load_model("models:/two-workers-model@candidate")
+    inputs = {name: spec.shape for name, spec in zip(pyfunc.metadata.signature.inputs.input_names(), pyfunc.metadata.signature.inputs.inputs)}
+    assert inputs["source"] == (-1, 3, 32, 32) and inputs["audio"] == (-1, 80, 40)
+    example = {name: np.zeros((2, *shape[1:]), np.float32) for name, shape in inputs.items()}
+    assert pyfunc.predict(example).shape == (2, 3, 32, 32)
+    model_files = mlflow.artifacts.download_artifacts("models:/two-workers-model/1", dst_path=str(tmp_path / "model"), tracking_uri=mlflow_server)
+    assert (Path(model_files) / "code" / "discohead" / "model.py").exists(), "the model carries the project's code"
 
 
 def test_all_variants_give_four_comparable_runs(shards, mlflow_server, tmp_path):
@@ -99,8 +104,12 @@ def test_all_variants_give_four_comparable_runs(shards, mlflow_server, tmp_path)
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = mlflow_runs(mlflow_server, "all-variants")
-    assert sorted(run.data.tags["discohead.variant"] for run in runs) == ["affine-dm", "affine-nm", "tps-dm", "tps-nm"]
-    metric_keys = {frozenset(run.data.metrics) for run in runs}
+    (parent,) = [run for run in runs if run.data.tags["discohead.variant"] == "all"]
+    children = [run for run in runs if run is not parent]
+    assert sorted(run.data.tags["discohead.variant"] for run in children) == ["affine-dm", "affine-nm", "tps-dm", "tps-nm"]
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}, "one launch, grouped in the UI"
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    metric_keys = {frozenset(run.data.metrics) for run in children}
     assert len(metric_keys) == 1, f"runs differ in metric names: {metric_keys}"
     assert {"loss_total", "loss_l1", "psnr", "ssim", "samples_per_second", "eta_seconds"} <= set(next(iter(metric_keys)))
 
@@ -112,7 +121,9 @@ def test_loss_decreases_and_resume_continues_the_step_count(shards, mlflow_serve
     ]  # fmt: skip
     first = train(*common, "--max-steps", "20", mlflow_uri=mlflow_server, cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    second = train(*common, "--max-steps", "40", "--resume", mlflow_uri=mlflow_server, cwd=tmp_path)
+    # Only what finds the run and what changes: the rest comes from the config the checkpoint saved.
+    found = ["--variant", "tps-nm", "--storage", str(tmp_path / "runs"), "--experiment", "resume"]
+    second = train(*found, "--max-steps", "40", "--resume", mlflow_uri=mlflow_server, cwd=tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming from step 20" in second.stdout + second.stderr
 
@@ -120,8 +131,14 @@ def test_loss_decreases_and_resume_continues_the_step_count(shards, mlflow_serve
     history = metric_history(mlflow_server, run.info.run_id, "loss_total")
     assert [step for step, _ in history] == [5, 10, 15, 20, 25, 30, 35, 40], "the resumed run continues at step 21"
     assert history[-1][1] < 0.8 * history[0][1], f"loss did not decrease: {history}"
-    checkpoints = sorted(path.name for path in next((tmp_path / "runs").iterdir()).glob("step-*"))
-    assert checkpoints[-1] == "step-00000040"
+    checkpoints = sorted(next((tmp_path / "runs").iterdir()).glob("step-*"))
+    assert checkpoints[-1].name == "step-00000040"
+    import torch
+
+    saved = torch.load(checkpoints[-1] / "discohead.pt", weights_only=True)["train_config"]
+    assert saved["max_steps"] == 40 and saved["lr"] == 1e-3, "--resume kept the saved config and took the new --max-steps"
+    params = run.data.params
+    assert set(saved) - {"model_options"} <= set(params) and params["lr"] == "0.001" and params["max_steps"] == "20"
 
 
 def train_worker_pids(root: int) -> list[int]:
@@ -189,8 +206,7 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(sha
     ],
 )
 def test_bad_input_fails_fast_with_one_line(shards, tmp_path, capsys, arguments, message):
-    sys.path.insert(0, str(SCRIPT.parent))
-    import train as train_job
+    from pipelines import train as train_job
 
     base = {"--variant": "affine-nm", "--data": shards}
     argv = [item for key, value in base.items() if key not in arguments for item in (key, value)] + arguments
@@ -202,8 +218,7 @@ def test_bad_input_fails_fast_with_one_line(shards, tmp_path, capsys, arguments,
 
 
 def test_incompatible_shard_format_and_unknown_variant_are_refused(shards, tmp_path, capsys):
-    sys.path.insert(0, str(SCRIPT.parent))
-    import train as train_job
+    from pipelines import train as train_job
 
     old = tmp_path / "old"
     old.mkdir()
