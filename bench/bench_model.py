@@ -23,11 +23,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_report, markdown_table, matmul_gflops, median_seconds  # noqa: E402
+from discohead import VARIANTS, DisCoHead
+from discohead.contracts import MEL
 
-from discohead import VARIANTS, DisCoHead  # noqa: E402
-from discohead.contracts import MEL  # noqa: E402
+from common import append_report, markdown_table, matmul_gflops, median_seconds
 
 AUTHORS = {"parameters_m": 58.9, "gflops": 137.7, "forward_fps_2core": 0.96}
 
@@ -88,7 +87,9 @@ def run_case(case: dict) -> dict:
 
 
 def measure(case: dict) -> dict:
-    output = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], check=True, capture_output=True, text=True).stdout
+    output = subprocess.run(
+        [sys.executable, __file__, "--case", json.dumps(case)], check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -116,30 +117,99 @@ def main() -> None:
         for dtype in dtypes:
             for batch in args.batch_sizes:
                 for mode in ("forward", "train"):
-                    case = dict(variant=variant, batch=batch, mode=mode, dtype=dtype, fused=False, device=args.device, image_size=args.image_size, repeats=args.repeats)
+                    case = dict(
+                        variant=variant,
+                        batch=batch,
+                        mode=mode,
+                        dtype=dtype,
+                        fused=False,
+                        device=args.device,
+                        image_size=args.image_size,
+                        repeats=args.repeats,
+                    )
                     result = measure(case)
                     fps = batch / result["seconds"]
                     gflops = (forward_gflops if mode == "forward" else train_gflops) * fps
                     ratio = gflops / result["matmul_gflops"]
-                    rows.append([variant, dtype, batch, "forward" if mode == "forward" else "fwd+bwd", f"{fps:.2f}", f"{gflops:.0f}", f"{result['matmul_gflops']:.0f}", f"{ratio:.0%}", f"{result['peak_mib']:.0f}"])
+                    rows.append(
+                        [
+                            variant,
+                            dtype,
+                            batch,
+                            "forward" if mode == "forward" else "fwd+bwd",
+                            f"{fps:.2f}",
+                            f"{gflops:.0f}",
+                            f"{result['matmul_gflops']:.0f}",
+                            f"{ratio:.0%}",
+                            f"{result['peak_mib']:.0f}",
+                        ]
+                    )
                     print(" | ".join(str(cell) for cell in rows[-1]), flush=True)
                     if mode == "forward" and dtype == "fp32":
                         efficiency.append((variant, batch, ratio))
-        rows_size = [variant, f"{parameters:.1f}", f"{parameters / AUTHORS['parameters_m'] - 1:+.0%}", f"{forward_gflops:.1f}", f"{forward_gflops / AUTHORS['gflops'] - 1:+.0%}", f"{train_gflops:.1f}"]
+        rows_size = [
+            variant,
+            f"{parameters:.1f}",
+            f"{parameters / AUTHORS['parameters_m'] - 1:+.0%}",
+            f"{forward_gflops:.1f}",
+            f"{forward_gflops / AUTHORS['gflops'] - 1:+.0%}",
+            f"{train_gflops:.1f}",
+        ]
         efficiency.append(("size", variant, rows_size))
 
     size_rows = [entry[2] for entry in efficiency if entry[0] == "size"]
     modulation_rows = []
     for batch in args.batch_sizes:
         for fused in (False, True):
-            case = dict(variant="affine-dm", batch=batch, mode="forward", dtype="fp32", fused=fused, device=args.device, image_size=args.image_size, repeats=args.repeats)
+            case = dict(
+                variant="affine-dm",
+                batch=batch,
+                mode="forward",
+                dtype="fp32",
+                fused=fused,
+                device=args.device,
+                image_size=args.image_size,
+                repeats=args.repeats,
+            )
             result = measure(case)
-            modulation_rows.append(["fused (grouped conv)" if fused else "activation scaling", batch, f"{batch / result['seconds']:.2f}", f"{result['matmul_gflops']:.0f}"])
+            modulation_rows.append(
+                [
+                    "fused (grouped conv)" if fused else "activation scaling",
+                    batch,
+                    f"{batch / result['seconds']:.2f}",
+                    f"{result['matmul_gflops']:.0f}",
+                ]
+            )
             print(" | ".join(str(cell) for cell in modulation_rows[-1]), flush=True)
 
-    size_table = markdown_table(["variant", "parameters (M)", "vs authors' 58.9 M", "GFLOPs / frame (fwd)", "vs authors' 137.7", "GFLOPs / frame (fwd+bwd)"], size_rows)
-    speed_table = markdown_table(["variant", "dtype", "batch", "pass", "frames/s", "achieved GFLOP/s", "matmul GFLOP/s (same process)", "achieved / matmul", "peak memory (MiB)"], rows)
-    modulation_table = markdown_table(["affine-dm modulation", "batch", "forward frames/s", "matmul GFLOP/s"], modulation_rows)
+    size_table = markdown_table(
+        [
+            "variant",
+            "parameters (M)",
+            "vs authors' 58.9 M",
+            "GFLOPs / frame (fwd)",
+            "vs authors' 137.7",
+            "GFLOPs / frame (fwd+bwd)",
+        ],
+        size_rows,
+    )
+    speed_table = markdown_table(
+        [
+            "variant",
+            "dtype",
+            "batch",
+            "pass",
+            "frames/s",
+            "achieved GFLOP/s",
+            "matmul GFLOP/s (same process)",
+            "achieved / matmul",
+            "peak memory (MiB)",
+        ],
+        rows,
+    )
+    modulation_table = markdown_table(
+        ["affine-dm modulation", "batch", "forward frames/s", "matmul GFLOP/s"], modulation_rows
+    )
     body = (
         f"`python bench/bench_model.py` at {args.image_size}x{args.image_size} on {args.device}, median of {args.repeats} runs per case, each case in its own process"
         f" (peak memory: {'max allocated on the GPU' if args.device == 'cuda' else 'growth of the process peak RSS over its start, weights included'}).\n\n"

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import ray
 
-from common import append_report, markdown_table
 from discohead.contracts import CHUNK_FRAMES
+
+from common import append_report, markdown_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRID = REPO_ROOT.parent / "shared" / "data" / "grid"
@@ -60,7 +61,9 @@ def run_job(inputs: Path, output: Path, workers: int, cores: list[int], image_si
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     load_before = os.getloadavg()[0]
     busy_before, total_before = cpu_times()
-    result = subprocess.run(command, env=env, capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cores))
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cores)
+    )
     busy_after, total_after = cpu_times()
     if result.returncode != 0:
         raise SystemExit(f"the job failed ({result.returncode}):\n{result.stderr[-2000:]}")
@@ -70,7 +73,9 @@ def run_job(inputs: Path, output: Path, workers: int, cores: list[int], image_si
     span = max(clip["started_at"] + clip["seconds"] for clip in clips) - min(clip["started_at"] for clip in clips)
     run["fps"] = run["decoded_frames"] / run["process_seconds"]
     run["steady_fps"] = run["decoded_frames"] / span
-    run["busy_worker_fps"] = run["decoded_frames"] / sum(clip["seconds"] for clip in clips + manifest["skipped"] if "seconds" in clip)
+    run["busy_worker_fps"] = run["decoded_frames"] / sum(
+        clip["seconds"] for clip in clips + manifest["skipped"] if "seconds" in clip
+    )
     run["busy_cores"] = (busy_after - busy_before) / (total_after - total_before) * (os.cpu_count() or 1)
     run["load_before"] = load_before
     return run
@@ -94,14 +99,18 @@ def main() -> int:
     args = parser.parse_args()
     clips = sorted(GRID.glob("*.mpg"))
     if not clips:
-        print(f"GRID sample clips not found in {GRID} (see ../shared/data/README.md); nothing to measure", file=sys.stderr)
+        print(
+            f"GRID sample clips not found in {GRID} (see ../shared/data/README.md); nothing to measure", file=sys.stderr
+        )
         return 1
     available = sorted(os.sched_getaffinity(0))
     if len(available) < max(WORKERS):
         print(f"needs {max(WORKERS)} cores, this process may use {len(available)}", file=sys.stderr)
         return 1
 
-    cores_for = {("pinned", workers): available[:workers] for workers in WORKERS} | {("shared", workers): available for workers in WORKERS}
+    cores_for = {("pinned", workers): available[:workers] for workers in WORKERS} | {
+        ("shared", workers): available for workers in WORKERS
+    }
     measurements: dict[str, dict[int, list[dict]]] = {mode: {workers: [] for workers in WORKERS} for mode in args.modes}
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as scratch:
         inputs = Path(scratch) / "inputs"

@@ -17,7 +17,6 @@ the source frame copied, and the source warped by the predicted head motion alon
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -28,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
-from common import append_report, markdown_table, matmul_gflops  # noqa: E402
+from discohead import DisCoHead
+from discohead.contracts import CHUNK_FRAMES
+from discohead.data.synthetic_shards import synthetic_chunks, write_synthetic_shards
+from discohead.losses import DisCoHeadLoss
+from discohead.manifest import Manifest
+from discohead.train_config import TrainConfig
+from discohead.training import draw_pairs, model_inputs, pair_batches, train_step
 
-from discohead import DisCoHead  # noqa: E402
-from discohead.data.shards import read_manifest  # noqa: E402
-from discohead.data.synthetic_shards import write_synthetic_shards  # noqa: E402
-from discohead.losses import DisCoHeadLoss  # noqa: E402
-from discohead.training import model_inputs, pair_batches, train_step  # noqa: E402
+from common import append_report, markdown_table, matmul_gflops
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRID = REPO_ROOT.parent / "shared" / "data" / "grid"
@@ -44,15 +43,16 @@ BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 """Dense bf16 tensor-core peaks from the vendors' data sheets, for the MFU."""
 
 
-def trainer_samples_per_second(image_size: int, batch_size: int, steps: int, device: str, dtype: torch.dtype | None) -> tuple[float, float]:
-    """(samples/s, model GFLOPs per training sample) of train_step on random frames."""
+def trainer_samples_per_second(
+    image_size: int, batch_size: int, steps: int, device: str, dtype: torch.dtype | None
+) -> tuple[float, float]:
+    """(samples/s, model GFLOPs per training sample) of train_step on one batch of synthetic pairs."""
     torch.manual_seed(0)
     model = DisCoHead.from_variant("affine-nm", image_size=image_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = DisCoHeadLoss(perceptual_weight=0)
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, size=(batch_size, image_size, image_size, 3), dtype=np.uint8)
-    pairs = {"source": frames, "driver": frames[::-1].copy(), "mel": rng.normal(size=(batch_size, 80, 40)).astype(np.float16), "eye_box": np.tile([0.2, 0.2, 0.8, 0.5], (batch_size, 1)).astype(np.float32)}
+    chunks = synthetic_chunks(clips=1, frames_per_clip=CHUNK_FRAMES, image_size=image_size)
+    pairs = draw_pairs(chunks, pairs_per_chunk=batch_size, rng=np.random.default_rng(0))
     inputs = model_inputs(pairs, image_size, device)
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -71,24 +71,25 @@ def trainer_samples_per_second(image_size: int, batch_size: int, steps: int, dev
     return batch_size * steps / (time.perf_counter() - started), flops_per_sample
 
 
-def loader_samples_per_second(data: str, image_size: int, batch_size: int, pairs_per_chunk: int, minimum_pairs: int) -> float:
-    """Pairs/s through the training job's Ray Data pipeline, read to model inputs."""
+def loader_samples_per_second(
+    data: str, image_size: int, batch_size: int, pairs_per_chunk: int, minimum_pairs: int
+) -> float:
+    """Pairs/s through the training job's own Ray Data pipeline and chunk stream (shuffle buffer included),
+    read to model inputs."""
     import ray
 
-    import train as train_job
+    from pipelines.train import chunk_batches, training_dataset
 
-    args = train_job.parse_args(["--variant", "affine-nm", "--data", data, "--pairs-per-chunk", str(pairs_per_chunk)])
-    manifest = read_manifest(data)
+    config = TrainConfig(variant="affine-nm", data=data, batch_size=batch_size, pairs_per_chunk=pairs_per_chunk)
+    manifest = Manifest.read(data)
     ray.init(address="local", num_cpus=os.cpu_count(), logging_level="ERROR")
     try:
-        dataset = train_job.training_dataset(args, manifest)
-        chunks_per_fetch = max(1, math.ceil(batch_size / pairs_per_chunk))
+        dataset = training_dataset(config, manifest)
         rng = np.random.default_rng(0)
         list(dataset.limit(1).iter_rows())  # start-up outside the timing
         pairs, started = 0, time.perf_counter()
         while pairs < minimum_pairs:
-            stream = dataset.iter_batches(batch_size=chunks_per_fetch, batch_format="numpy", prefetch_batches=2)
-            for batch in pair_batches(stream, batch_size, pairs_per_chunk, rng):
+            for batch in pair_batches(chunk_batches(dataset, config), batch_size, pairs_per_chunk, rng):
                 pairs += len(model_inputs(batch, image_size).source)
         return pairs / (time.perf_counter() - started)
     finally:
@@ -111,11 +112,15 @@ def throughput(args: argparse.Namespace) -> None:
             achieved = rate * gflops
             mfu = ""
             if device == "cuda" and name == "bf16":
-                peak = next((tflops for chip, tflops in BF16_PEAK_TFLOPS.items() if chip in torch.cuda.get_device_name()), None)
+                peak = next(
+                    (tflops for chip, tflops in BF16_PEAK_TFLOPS.items() if chip in torch.cuda.get_device_name()), None
+                )
                 mfu = f"{achieved / (peak * 1000):.1%}" if peak else "unknown chip"
             rows.append([f"trainer ({name}, 1 worker)", f"{rate:.2f}", f"{achieved:.0f}", mfu])
             print(rows[-1], flush=True)
-        loader = loader_samples_per_second(data, args.image_size, args.batch_size, args.pairs_per_chunk, args.loader_pairs)
+        loader = loader_samples_per_second(
+            data, args.image_size, args.batch_size, args.pairs_per_chunk, args.loader_pairs
+        )
         rows.append(["loader (Ray Data, same shards)", f"{loader:.1f}", "", ""])
         print(rows[-1], flush=True)
     ratio = loader / trainer["fp32"]
@@ -148,7 +153,7 @@ def learning(args: argparse.Namespace) -> None:
     if not (data / "manifest.json").exists():
         run([sys.executable, str(REPO_ROOT / "pipelines" / "preprocess.py"), "--input", str(GRID), "--output", str(data), "--image-size", str(args.image_size),
              "--landmarks", "dlib", "--split-mode", "time", "--chunk-frames", str(args.chunk_frames)], env=env)  # fmt: skip
-    manifest = read_manifest(str(data))
+    manifest = Manifest.read(str(data))
     widths = [f"--model-option={option}" for option in args.model_option]
     common = [sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), "--variant", "affine-nm", "--data", str(data), "--batch-size", str(args.batch_size),
               "--lr", str(args.lr), "--perceptual-weight", "0", "--pairs-per-chunk", "4", "--storage", str(storage), "--experiment", "learning",
@@ -166,7 +171,10 @@ def learning(args: argparse.Namespace) -> None:
     samples_per_second = client.get_metric_history(run_info.info.run_id, "samples_per_second")[-1].value
     seconds_per_step = args.batch_size / samples_per_second
     steps = 30 + max(10, int((args.minutes * 60 - 2 * calibration) / seconds_per_step))
-    print(f"[learning] calibration: {seconds_per_step:.2f} s/step steady, {calibration:.0f}s for 30 steps with start-up; training to step {steps}", flush=True)
+    print(
+        f"[learning] calibration: {seconds_per_step:.2f} s/step steady, {calibration:.0f}s for 30 steps with start-up; training to step {steps}",
+        flush=True,
+    )
     started = time.perf_counter()
     run([*common, "--max-steps", str(steps), "--resume", "--log-every", "50", "--checkpoint-every", "500"], env=env)
     minutes = (time.perf_counter() - started + calibration) / 60
@@ -175,14 +183,23 @@ def learning(args: argparse.Namespace) -> None:
     rows = []
     for checkpoint in sorted(storage.glob("learning-affine-nm-*/step-*/discohead.pt")):
         scores = evaluate_reconstruction(DisCoHead.from_checkpoint(checkpoint), str(data))
-        rows.append([f"DisCoHead affine-nm, step {int(checkpoint.parent.name.split('-')[1])}", f"{scores['model_psnr']:.2f}", f"{scores['model_ssim']:.3f}"])
-    rows += [[name, f"{scores[f'{key}_psnr']:.2f}", f"{scores[f'{key}_ssim']:.3f}"] for name, key in (("source copied", "copy"), ("source warped by the final head motion", "warp"))]
+        rows.append(
+            [
+                f"DisCoHead affine-nm, step {int(checkpoint.parent.name.split('-')[1])}",
+                f"{scores['model_psnr']:.2f}",
+                f"{scores['model_ssim']:.3f}",
+            ]
+        )
+    rows += [
+        [name, f"{scores[f'{key}_psnr']:.2f}", f"{scores[f'{key}_ssim']:.3f}"]
+        for name, key in (("source copied", "copy"), ("source warped by the final head motion", "warp"))
+    ]
     margin = scores["model_psnr"] - scores["copy_psnr"]
     table = markdown_table(["on the GRID test split", "PSNR (dB)", "SSIM"], rows)
     options = ", ".join(args.model_option) or "paper widths"
     body = (
         f"`python bench/bench_train.py learning`: ../shared/data/grid (8 clips) preprocessed at {args.image_size} px with dlib landmarks, "
-        f"split by time ({args.chunk_frames}-frame chunks: first 80% of each clip trains, last 20% tests; {manifest['totals']['chunks']}). "
+        f"split by time ({args.chunk_frames}-frame chunks: first 80% of each clip trains, last 20% tests; {manifest.totals.chunks}). "
         f"affine-nm, {options}, batch {args.batch_size}, Adam {args.lr:g}, L1 only (no VGG weights offline), one worker with all {os.cpu_count()} CPUs, {steps} steps in {minutes:.1f} min "
         f"on the training job. Source = each clip's first frame; {scores['frames']} test frames.\n\n{table}\n\n"
         f"Model vs copying the source: {margin:+.2f} dB PSNR (target >= +1 dB: {'met' if margin >= 1 else 'MISSED'}).\n"

@@ -7,8 +7,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -43,12 +43,15 @@ def machine_description() -> str:
         parts.append(f"GPU {torch.cuda.get_device_name()}")
     else:
         parts.append("no GPU")
-    parts.append(f"Python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+    parts.append(
+        f"Python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+    )
     return "; ".join(parts)
 
 
 def median_seconds(work: Callable[[], object], repeats: int, warmup: int = 1, device: str = "cpu") -> float:
     """Median wall time of ``work`` over ``repeats`` runs after ``warmup`` untimed ones."""
+
     def synchronize() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
@@ -80,11 +83,13 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
 
 def append_report(title: str, body: str, path: Path = BENCHMARKS_FILE) -> None:
     """Append a dated section with the machine's description to docs/benchmarks.md."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = f"\n## {title} ({stamp})\n\nMachine: {machine_description()}\n\n{body.strip()}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        path.write_text("# Benchmarks\n\nAppended by the scripts in `bench/`; newest last. Medians of repeated runs; ratios are measured in the same run.\n")
+        path.write_text(
+            "# Benchmarks\n\nAppended by the scripts in `bench/`; newest last. Medians of repeated runs; ratios are measured in the same run.\n"
+        )
     with path.open("a") as handle:
         handle.write(section)
     print(f"appended to {path}")

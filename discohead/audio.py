@@ -70,6 +70,8 @@ def frame_windows(
     return log_mel[:, index].permute(1, 0, 2).contiguous()
 
 
-def clip_windows(waveform: torch.Tensor, num_frames: int, fps: float = FPS, settings: MelSettings = MEL) -> torch.Tensor:
+def clip_windows(
+    waveform: torch.Tensor, num_frames: int, fps: float = FPS, settings: MelSettings = MEL
+) -> torch.Tensor:
     """Per-frame log-mel windows straight from a mono waveform at ``settings.sample_rate``."""
     return frame_windows(log_mel_spectrogram(waveform, settings), num_frames, fps, settings)

@@ -70,7 +70,9 @@ class DisCoHeadConfig:
             raise ValueError(f"fusion must be 'dense-motion' or 'neural-mix', not {self.fusion!r}")
         minimum = 2 ** (self.encoder_depth + 2)
         if self.image_size % 2**self.encoder_depth or self.image_size < minimum:
-            raise ValueError(f"image_size must be a multiple of {2**self.encoder_depth} and at least {minimum}, not {self.image_size}")
+            raise ValueError(
+                f"image_size must be a multiple of {2**self.encoder_depth} and at least {minimum}, not {self.image_size}"
+            )
 
     @property
     def dense_motion(self) -> bool:
@@ -81,14 +83,14 @@ class DisCoHeadConfig:
         """Length of ``f_exp = concat(f_eye, f_audio)``."""
         return self.eye_embedding + self.audio_embedding
 
-    def replace(self, **changes: Any) -> "DisCoHeadConfig":
+    def replace(self, **changes: Any) -> DisCoHeadConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DisCoHeadConfig":
+    def from_dict(cls, values: dict[str, Any]) -> DisCoHeadConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -99,7 +101,7 @@ class DisCoHeadConfig:
         return cls(**values)
 
     @classmethod
-    def for_variant(cls, variant: str, **overrides: Any) -> "DisCoHeadConfig":
+    def for_variant(cls, variant: str, **overrides: Any) -> DisCoHeadConfig:
         """The config of a named variant (``affine-dm``, ``affine-nm``, ``tps-dm``, ``tps-nm``)."""
         try:
             base = VARIANTS[variant]
@@ -119,7 +121,13 @@ VARIANTS: dict[str, DisCoHeadConfig] = {
 WIDTHS: dict[str, dict[str, Any]] = {
     "paper": {},
     "narrow": {"hourglass_max_channels": 256, "feature_channels": 128, "audio_channels": 128, "encoder_channels": 32},
-    "tiny": {"hourglass_max_channels": 32, "feature_channels": 32, "audio_channels": 16, "encoder_channels": 8, "eye_channels": (8, 8, 8, 8, 8)},
+    "tiny": {
+        "hourglass_max_channels": 32,
+        "feature_channels": 32,
+        "audio_channels": 16,
+        "encoder_channels": 8,
+        "eye_channels": (8, 8, 8, 8, 8),
+    },
 }
 """Channel widths by name: the paper's; ``narrow`` for CPU runs (smoke run, demo, learning
 benchmark: the four variants train in minutes); ``tiny`` for tests (a step in milliseconds)."""

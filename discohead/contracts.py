@@ -178,14 +178,19 @@ class ClipConfig:
     mel: MelSettings = MEL
     split_mode: str = dataclasses.field(
         default="clip",
-        metadata={"choices": ("clip", "time"), "help": "clip: whole clips per split; time: start of each clip train, end test"},
+        metadata={
+            "choices": ("clip", "time"),
+            "help": "clip: whole clips per split; time: start of each clip train, end test",
+        },
     )
     train_ratio: float = dataclasses.field(
-        default=0.8, metadata={"flag": "--split-ratio", "help": "fraction of clips (or of each clip's chunks) for train"}
+        default=0.8,
+        metadata={"flag": "--split-ratio", "help": "fraction of clips (or of each clip's chunks) for train"},
     )
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the by-clip split"})
     chunk_frames: int = dataclasses.field(
-        default=CHUNK_FRAMES, metadata={"help": "consecutive frames per shard sample (and the granularity of --split-mode time)"}
+        default=CHUNK_FRAMES,
+        metadata={"help": "consecutive frames per shard sample (and the granularity of --split-mode time)"},
     )
     allow_silent: bool = dataclasses.field(
         default=False, metadata={"help": "keep clips without an audio stream or with a silent track"}
@@ -193,23 +198,39 @@ class ClipConfig:
     max_missing_face: float = dataclasses.field(
         default=0.2, metadata={"help": "skip a clip when no face is found in more than this fraction of frames"}
     )
-    max_seconds: float = dataclasses.field(default=600.0, metadata={"help": "skip longer clips (split long videos first)"})
-    smoothing_sigma: float = dataclasses.field(default=2.0, metadata={"help": "temporal smoothing of the crop box, in frames"})
+    max_seconds: float = dataclasses.field(
+        default=600.0, metadata={"help": "skip longer clips (split long videos first)"}
+    )
+    smoothing_sigma: float = dataclasses.field(
+        default=2.0, metadata={"help": "temporal smoothing of the crop box, in frames"}
+    )
     crop_scale: float = dataclasses.field(default=CROP_SCALE, metadata={"help": "crop side / landmarks' extent"})
-    crop_lift: float = dataclasses.field(default=CROP_LIFT, metadata={"help": "upward shift of the crop centre, fraction of its side"})
-    detect_max_side: int = dataclasses.field(default=640, metadata={"help": "frames are shrunk to at most this for face detection"})
-    detect_every: int = dataclasses.field(default=5, metadata={"help": "run the face detector every N frames, track in between"})
-    max_frame_side: int = dataclasses.field(default=1920, metadata={"help": "larger frames are shrunk to this before cropping"})
+    crop_lift: float = dataclasses.field(
+        default=CROP_LIFT, metadata={"help": "upward shift of the crop centre, fraction of its side"}
+    )
+    detect_max_side: int = dataclasses.field(
+        default=640, metadata={"help": "frames are shrunk to at most this for face detection"}
+    )
+    detect_every: int = dataclasses.field(
+        default=5, metadata={"help": "run the face detector every N frames, track in between"}
+    )
+    max_frame_side: int = dataclasses.field(
+        default=1920, metadata={"help": "larger frames are shrunk to this before cropping"}
+    )
     audio_tolerance_s: float = dataclasses.field(
         default=0.2, metadata={"help": "audio and video lengths may differ by this much before a note"}
     )
-    silence_dbfs: float = dataclasses.field(default=-60.0, metadata={"help": "audio below this RMS level counts as silent"})
+    silence_dbfs: float = dataclasses.field(
+        default=-60.0, metadata={"help": "audio below this RMS level counts as silent"}
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.train_ratio < 1.0:
             raise ValueError("--split-ratio must be between 0 and 1")
         if self.image_size < 32 or self.image_size % 8:
-            raise ValueError(f"--image-size must be a multiple of 8 and at least 32 (the model's smallest), not {self.image_size}")
+            raise ValueError(
+                f"--image-size must be a multiple of 8 and at least 32 (the model's smallest), not {self.image_size}"
+            )
         if self.fps < 1 or self.detect_every < 1 or self.chunk_frames < 1:
             raise ValueError("--fps, --detect-every and --chunk-frames must be at least 1")
 

@@ -86,10 +86,19 @@ def evaluate_reconstruction(
         for start in range(0, len(clip.driver), batch_size):
             part = slice(start, start + batch_size)
             count = len(clip.driver[part])
-            pairs = {"source": np.repeat(clip.source[None], count, axis=0), "driver": clip.driver[part], "mel": clip.mel[part], "eye_box": clip.eye_boxes[part]}
+            pairs = {
+                "source": np.repeat(clip.source[None], count, axis=0),
+                "driver": clip.driver[part],
+                "mel": clip.mel[part],
+                "eye_box": clip.eye_boxes[part],
+            }
             inputs = model_inputs(pairs, size, device)
             out = model(inputs.source, inputs.head_driver, inputs.eye_driver, inputs.audio)
-            for name, frames in (("model", out["prediction"]), ("copy", inputs.source), ("warp", out["transformed_source"])):
+            for name, frames in (
+                ("model", out["prediction"]),
+                ("copy", inputs.source),
+                ("warp", out["transformed_source"]),
+            ):
                 scores.add(f"{name}_psnr", psnr(frames, inputs.target).item(), count)
                 scores.add(f"{name}_ssim", ssim(frames, inputs.target).item(), count)
             scores.frames += count

@@ -27,7 +27,9 @@ class AudioEncoder(nn.Module):
             layers += [nn.Conv1d(in_channels, channels, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
         self.convs = nn.Sequential(*layers)
         self.lstm = nn.LSTM(channels, channels, batch_first=True)
-        self.head = nn.Sequential(nn.Linear(channels, embedding), nn.ReLU(inplace=True), nn.Linear(embedding, embedding))
+        self.head = nn.Sequential(
+            nn.Linear(channels, embedding), nn.ReLU(inplace=True), nn.Linear(embedding, embedding)
+        )
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
         sequence, _ = self.lstm(self.convs(log_mel).transpose(1, 2))
@@ -64,7 +66,15 @@ class ModulatedConv2d(nn.Module):
     convolution, as the authors' release does.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int, fused: bool = False, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        style_dim: int,
+        fused: bool = False,
+        eps: float = 1e-8,
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         nn.init.kaiming_normal_(self.weight, nonlinearity="relu")
@@ -92,7 +102,9 @@ class ModulatedConv2d(nn.Module):
         if self.fused:
             batch, channels, height, width = x.shape
             weight = self.demodulated_weight(style).to(x.dtype)
-            out = F.conv2d(x.reshape(1, batch * channels, height, width), weight.flatten(0, 1), padding=self.padding, groups=batch)
+            out = F.conv2d(
+                x.reshape(1, batch * channels, height, width), weight.flatten(0, 1), padding=self.padding, groups=batch
+            )
             out = out.view(batch, -1, height, width)
         else:
             out = F.conv2d(x * style[:, :, None, None].to(x.dtype), self.weight.to(x.dtype), padding=self.padding)
@@ -120,10 +132,13 @@ class ExpressionControlDecoder(nn.Module):
     def __init__(self, config: DisCoHeadConfig) -> None:
         super().__init__()
         self.audio_encoder = AudioEncoder(config.n_mels, config.audio_channels, config.audio_embedding)
-        self.eye_encoder = EyeEncoder(config.eye_channels, config.eye_embedding, config.eye_input_scale, config.image_size)
+        self.eye_encoder = EyeEncoder(
+            config.eye_channels, config.eye_embedding, config.eye_input_scale, config.image_size
+        )
         width = config.feature_channels
         self.residual_blocks = nn.ModuleList(
-            ModulatedResidualBlock(width, config.style_dim, config.fused_modulation) for _ in range(config.residual_blocks)
+            ModulatedResidualBlock(width, config.style_dim, config.fused_modulation)
+            for _ in range(config.residual_blocks)
         )
         widths = [width] + [config.encoder_channels * 2**i for i in reversed(range(config.encoder_depth))]
         self.up = nn.Sequential(*(UpBlock(i, o, mode="bilinear") for i, o in zip(widths[:-1], widths[1:])))

@@ -34,7 +34,12 @@ def _parse_bool(text: str) -> bool:
     return lowered in ("1", "true", "yes")
 
 
-def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, defaults: Any = None, skip: tuple[str, ...] = ()) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    defaults: Any = None,
+    skip: tuple[str, ...] = (),
+) -> None:
     """One flag per field of the dataclass ``cls``; help shows ``defaults``' values (or the fields')."""
     hints = get_type_hints(cls)
     for field in dataclasses.fields(cls):
@@ -85,5 +90,9 @@ def build(cls: type, base: Any, changes: dict[str, Any]) -> Any:
     updates = {}
     for name, value in changes.items():
         current = getattr(base, name)
-        updates[name] = build(type(current), current, value) if dataclasses.is_dataclass(current) and isinstance(value, dict) else value
+        updates[name] = (
+            build(type(current), current, value)
+            if dataclasses.is_dataclass(current) and isinstance(value, dict)
+            else value
+        )
     return dataclasses.replace(base, **updates)

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 _EPS = 1e-7
 
 
-def coordinate_grid(height: int, width: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def coordinate_grid(
+    height: int, width: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``(H, W, 2)`` grid of pixel-centre coordinates ``(x, y)`` in [-1, 1]."""
     ys = (2 * torch.arange(height, device=device, dtype=dtype) + 1) / height - 1
     xs = (2 * torch.arange(width, device=device, dtype=dtype) + 1) / width - 1
@@ -116,7 +118,9 @@ def _pairwise_squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     return (a[..., :, None, :] - b[..., None, :, :]).pow(2).sum(-1)
 
 
-def solve_tps(control_points: torch.Tensor, target_points: torch.Tensor, regularization: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def solve_tps(
+    control_points: torch.Tensor, target_points: torch.Tensor, regularization: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve Bookstein's thin-plate-spline system (paper Eq. 4).
 
     Finds ``f(z) = A [z; 1] + sum_i w_i phi(|z - p_i|)`` with ``f(p_i) = q_i`` for the
@@ -148,7 +152,9 @@ def solve_tps(control_points: torch.Tensor, target_points: torch.Tensor, regular
     return affine, weights
 
 
-def apply_tps(affine: torch.Tensor, weights: torch.Tensor, control_points: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+def apply_tps(
+    affine: torch.Tensor, weights: torch.Tensor, control_points: torch.Tensor, points: torch.Tensor
+) -> torch.Tensor:
     """Evaluate the TPS of :func:`solve_tps` at ``(B, ..., 2)`` points."""
     shape = points.shape
     flat = points.reshape(shape[0], -1, 2).to(affine.dtype)
@@ -157,14 +163,18 @@ def apply_tps(affine: torch.Tensor, weights: torch.Tensor, control_points: torch
     return mapped.reshape(shape)
 
 
-def tps_sampling_grid(affine: torch.Tensor, weights: torch.Tensor, control_points: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def tps_sampling_grid(
+    affine: torch.Tensor, weights: torch.Tensor, control_points: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
     """``(B, H, W, 2)`` grid that samples the source at ``f(z)`` for each driver pixel ``z``."""
     grid = coordinate_grid(height, width, device=affine.device, dtype=affine.dtype)
     grid = grid.expand(affine.shape[0], height, width, 2)
     return apply_tps(affine, weights, control_points, grid)
 
 
-def identity_grid(batch: int, height: int, width: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def identity_grid(
+    batch: int, height: int, width: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``(B, H, W, 2)`` grid that leaves an image unchanged (``O_I`` in paper Eq. 7)."""
     return coordinate_grid(height, width, device=device, dtype=dtype).expand(batch, height, width, 2)
 

@@ -39,7 +39,7 @@ class VGG19Features(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "VGG19Features":
+    def train(self, mode: bool = True) -> VGG19Features:
         return super().train(False)
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:

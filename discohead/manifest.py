@@ -142,11 +142,19 @@ class Manifest:
     ) -> Manifest:
         """The manifest of all complete commit records (see ``discohead.data.shards``)."""
         commits = list(commits)
-        records = sorted((ClipRecord.from_json(clip) for commit in commits for clip in commit["clips"]), key=lambda clip: clip.clip_id or "")
+        records = sorted(
+            (ClipRecord.from_json(clip) for commit in commits for clip in commit["clips"]),
+            key=lambda clip: clip.clip_id or "",
+        )
         return cls(
             config=config,
             landmarks=landmarks,
-            shards={split: sorted(shard for commit in commits for shard in commit["shards"] if shard.startswith(f"{split}/")) for split in SPLITS},
+            shards={
+                split: sorted(
+                    shard for commit in commits for shard in commit["shards"] if shard.startswith(f"{split}/")
+                )
+                for split in SPLITS
+            },
             clips=[clip for clip in records if clip.stored],
             skipped=[clip for clip in records if not clip.stored] + list(listing_skips),
             run=dict(run or {}),
@@ -178,14 +186,18 @@ class Manifest:
     def from_json(cls, values: dict[str, Any], where: str = "the manifest") -> Manifest:
         version = values.get("format_version")
         if version != SHARD_FORMAT_VERSION:
-            raise ShardFormatError(f"{where} holds shard format {version}, this code reads {SHARD_FORMAT_VERSION}: rerun preprocessing with --overwrite")
+            raise ShardFormatError(
+                f"{where} holds shard format {version}, this code reads {SHARD_FORMAT_VERSION}: rerun preprocessing with --overwrite"
+            )
         settings = dict(values["config"])
         landmarks = settings.pop("landmarks", "unknown")
         synthetic = bool(settings.pop("synthetic", False))
         try:
             config = ClipConfig.from_json(settings)
         except (TypeError, ValueError) as error:
-            raise ShardFormatError(f"{where} has settings this code cannot read ({error}): rerun preprocessing with --overwrite") from None
+            raise ShardFormatError(
+                f"{where} has settings this code cannot read ({error}): rerun preprocessing with --overwrite"
+            ) from None
         return cls(
             config=config,
             landmarks=landmarks,

@@ -12,7 +12,9 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean per-image PSNR in dB of (B, 3, H, W) frames in [0, 1]."""
-    return peak_signal_noise_ratio(prediction.float(), target.float(), data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
+    return peak_signal_noise_ratio(
+        prediction.float(), target.float(), data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)
+    )
 
 
 def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

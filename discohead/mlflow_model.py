@@ -26,7 +26,10 @@ class DisCoHeadModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         import torch
 
-        inputs = [torch.as_tensor(np.asarray(model_input[name], dtype=np.float32)) for name in ("source", "head_driver", "eye_driver", "audio")]
+        inputs = [
+            torch.as_tensor(np.asarray(model_input[name], dtype=np.float32))
+            for name in ("source", "head_driver", "eye_driver", "audio")
+        ]
         with torch.no_grad():
             return self.model(*inputs)["prediction"].numpy()
 

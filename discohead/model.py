@@ -44,15 +44,19 @@ class DisCoHead(nn.Module):
         self.to(memory_format=self.memory_format)
 
     @classmethod
-    def from_variant(cls, variant: str, image_size: int | None = None, **overrides: Any) -> "DisCoHead":
+    def from_variant(cls, variant: str, image_size: int | None = None, **overrides: Any) -> DisCoHead:
         """Build ``affine-dm``, ``affine-nm``, ``tps-dm`` or ``tps-nm``; widths may be overridden."""
         if image_size is not None:
             overrides["image_size"] = image_size
         return cls(DisCoHeadConfig.for_variant(variant, **overrides))
 
-    def forward(self, source: torch.Tensor, head_driver: torch.Tensor, eye_driver: torch.Tensor, audio: torch.Tensor) -> dict[str, Any]:
+    def forward(
+        self, source: torch.Tensor, head_driver: torch.Tensor, eye_driver: torch.Tensor, audio: torch.Tensor
+    ) -> dict[str, Any]:
         self._check_inputs(source, head_driver, eye_driver, audio)
-        source, head_driver, eye_driver = (frame.contiguous(memory_format=self.memory_format) for frame in (source, head_driver, eye_driver))
+        source, head_driver, eye_driver = (
+            frame.contiguous(memory_format=self.memory_format) for frame in (source, head_driver, eye_driver)
+        )
         motion = self.head_motion_predictor(source, head_driver)
         height, width = source.shape[-2:]
         transformed_source = geometry.warp(source, motion.sampling_grid(height, width))
@@ -73,27 +77,40 @@ class DisCoHead(nn.Module):
             outputs["motion_mask"] = encoded.motion_mask
         return outputs
 
-    def _check_inputs(self, source: torch.Tensor, head_driver: torch.Tensor, eye_driver: torch.Tensor, audio: torch.Tensor) -> None:
+    def _check_inputs(
+        self, source: torch.Tensor, head_driver: torch.Tensor, eye_driver: torch.Tensor, audio: torch.Tensor
+    ) -> None:
         size = self.config.image_size
         for name, frame in (("source", source), ("head_driver", head_driver), ("eye_driver", eye_driver)):
             if frame.dim() != 4 or frame.shape[1] != 3 or tuple(frame.shape[-2:]) != (size, size):
                 raise ValueError(f"{name} must be (B, 3, {size}, {size}), got {tuple(frame.shape)}")
         expected = (self.config.n_mels, self.config.audio_frames)
         if audio.dim() != 3 or tuple(audio.shape[1:]) != expected:
-            raise ValueError(f"audio must be (B, {expected[0]}, {expected[1]}) log-mel windows, got {tuple(audio.shape)}")
+            raise ValueError(
+                f"audio must be (B, {expected[0]}, {expected[1]}) log-mel windows, got {tuple(audio.shape)}"
+            )
 
     def checkpoint(self, **extra: Any) -> dict[str, Any]:
         """Everything needed to rebuild this model: format version, config and weights."""
-        return {"format_version": CHECKPOINT_FORMAT_VERSION, "config": self.config.to_dict(), "model": self.state_dict(), **extra}
+        return {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "model": self.state_dict(),
+            **extra,
+        }
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any] | str | Path, map_location: str | torch.device = "cpu") -> "DisCoHead":
+    def from_checkpoint(
+        cls, checkpoint: dict[str, Any] | str | Path, map_location: str | torch.device = "cpu"
+    ) -> DisCoHead:
         """Rebuild a model from :meth:`checkpoint` output or a file holding it."""
         if not isinstance(checkpoint, dict):
             checkpoint = torch.load(checkpoint, map_location=map_location, weights_only=True)
         version = checkpoint.get("format_version")
         if version != CHECKPOINT_FORMAT_VERSION:
-            raise ValueError(f"checkpoint format {version} is not supported (this version reads {CHECKPOINT_FORMAT_VERSION}); re-export it with a matching discohead")
+            raise ValueError(
+                f"checkpoint format {version} is not supported (this version reads {CHECKPOINT_FORMAT_VERSION}); re-export it with a matching discohead"
+            )
         model = cls(DisCoHeadConfig.from_dict(checkpoint["config"]))
         model.load_state_dict(checkpoint["model"])
         return model

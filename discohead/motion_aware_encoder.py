@@ -39,7 +39,9 @@ class MotionAwareEncoder(nn.Module):
         self.confidence = nn.Conv2d(width, 1, kernel_size=1)
         self.motion_mask = nn.Conv2d(width, 1, kernel_size=1) if config.dense_motion else None
 
-    def forward(self, source: torch.Tensor, transformed_source: torch.Tensor, motion_grid: torch.Tensor | None) -> EncoderOutput:
+    def forward(
+        self, source: torch.Tensor, transformed_source: torch.Tensor, motion_grid: torch.Tensor | None
+    ) -> EncoderOutput:
         """``motion_grid`` is ``O_T`` at the feature resolution (needed for dense motion)."""
         hidden = self.down(self.stem(torch.cat([source, transformed_source], dim=1)))
         features = self.feature(hidden)

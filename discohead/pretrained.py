@@ -49,7 +49,9 @@ def load_state_dict(
         ) from None
 
 
-def load_torchvision_weights(weights: WeightsEnum, env_var: str, explicit_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def load_torchvision_weights(
+    weights: WeightsEnum, env_var: str, explicit_path: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """:func:`load_state_dict` for a torchvision weights enum (e.g. ``VGG19_Weights.IMAGENET1K_V1``)."""
     name = f"torchvision {type(weights).__name__.removesuffix('_Weights')} {weights.name}"
     return load_state_dict(name, weights.url, env_var, explicit_path)

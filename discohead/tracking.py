@@ -78,7 +78,9 @@ def local_artifact_location(uri: str) -> str | None:
 def code_version() -> str:
     """``VERSION+COMMIT`` of this checkout (just the version outside a git checkout)."""
     try:
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5)
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5
+        )
         commit = result.stdout.strip() if result.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         commit = ""
@@ -128,7 +130,11 @@ class Launch:
 
 def data_params(manifest: Manifest) -> dict[str, Any]:
     """What identifies the training data in a run's params."""
-    return {"data_config_hash": manifest.config_hash, "data_format_version": manifest.format_version, "data_train_chunks": manifest.chunks("train")}
+    return {
+        "data_config_hash": manifest.config_hash,
+        "data_format_version": manifest.format_version,
+        "data_train_chunks": manifest.chunks("train"),
+    }
 
 
 def start_launch(config: TrainConfig, run_names: Mapping[str, str], manifest: Manifest, resume: bool = False) -> Launch:
@@ -153,8 +159,14 @@ def start_launch(config: TrainConfig, run_names: Mapping[str, str], manifest: Ma
         else:
             stamp = "-".join(next(iter(run_names.values())).rsplit("-", 2)[-2:])
             launch_name = f"{config.experiment}-all-{stamp}"
-            parent = client.create_run(experiment, run_name=launch_name, tags={LAUNCH_TAG: launch_name, VARIANT_TAG: "all"}).info.run_id
-            for key, value in {**config.params(config.model_config()), **data_params(manifest), "code_version": code_version()}.items():
+            parent = client.create_run(
+                experiment, run_name=launch_name, tags={LAUNCH_TAG: launch_name, VARIANT_TAG: "all"}
+            ).info.run_id
+            for key, value in {
+                **config.params(config.model_config()),
+                **data_params(manifest),
+                "code_version": code_version(),
+            }.items():
                 if not key.startswith("model."):
                     client.log_param(parent, key, value)
     run_ids = {}
@@ -166,7 +178,11 @@ def start_launch(config: TrainConfig, run_names: Mapping[str, str], manifest: Ma
         tags = {RUN_TAG: name, VARIANT_TAG: variant, **({PARENT_TAG: parent} if parent else {})}
         run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
         variant_config = config.for_variant(variant)
-        params = {**variant_config.params(variant_config.model_config()), **data_params(manifest), "code_version": code_version()}
+        params = {
+            **variant_config.params(variant_config.model_config()),
+            **data_params(manifest),
+            "code_version": code_version(),
+        }
         from mlflow.entities import Param
 
         items = [Param(key, str(value)) for key, value in params.items()]
@@ -182,7 +198,15 @@ def start_launch(config: TrainConfig, run_names: Mapping[str, str], manifest: Ma
 class MlflowReporter(Reporter):
     """:func:`~discohead.training.fit`'s reports into one MLflow run (rank 0 logs; every rank its data lineage)."""
 
-    def __init__(self, uri: str, run_id: str, rank: int = 0, register: str | None = None, alias: str = "candidate", example: Mapping[str, np.ndarray] | None = None):
+    def __init__(
+        self,
+        uri: str,
+        run_id: str,
+        rank: int = 0,
+        register: str | None = None,
+        alias: str = "candidate",
+        example: Mapping[str, np.ndarray] | None = None,
+    ):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(uri)
@@ -195,7 +219,9 @@ class MlflowReporter(Reporter):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()]
+        )
 
     def image(self, step: int, grid: np.ndarray) -> None:
         """Logged under one key with its step, so the UI lines the grids up across steps and runs."""
@@ -211,7 +237,10 @@ class MlflowReporter(Reporter):
         log_model(self.uri, self.run_id, model, self.example, self.register, self.alias)
         self.client.set_terminated(self.run_id, "FINISHED")
         artifacts = self.client.get_run(self.run_id).info.artifact_uri
-        print(f"[train {model.config.variant}] done: MLflow run {self.run_id}, model runs:/{self.run_id}/{MODEL_NAME}, artifacts in {artifacts}", flush=True)
+        print(
+            f"[train {model.config.variant}] done: MLflow run {self.run_id}, model runs:/{self.run_id}/{MODEL_NAME}, artifacts in {artifacts}",
+            flush=True,
+        )
 
 
 def model_example(pairs: Mapping[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
@@ -222,7 +251,14 @@ def model_example(pairs: Mapping[str, np.ndarray], image_size: int) -> dict[str,
     return {name: getattr(inputs, name).numpy().astype(np.float32) for name in MODEL_INPUTS}
 
 
-def log_model(uri: str, run_id: str, model: DisCoHead, example: Mapping[str, np.ndarray] | None, register: str | None = None, alias: str = "candidate") -> Any:
+def log_model(
+    uri: str,
+    run_id: str,
+    model: DisCoHead,
+    example: Mapping[str, np.ndarray] | None,
+    register: str | None = None,
+    alias: str = "candidate",
+) -> Any:
     """Log ``model`` as the run's pyfunc ``model`` (code and checkpoint inside); register it when asked."""
     import mlflow
     import torch
@@ -232,7 +268,12 @@ def log_model(uri: str, run_id: str, model: DisCoHead, example: Mapping[str, np.
     if example is None:
         size = model.config.image_size
         frames = np.zeros((1, 3, size, size), np.float32)
-        example = {"source": frames, "head_driver": frames, "eye_driver": frames, "audio": np.zeros((1, model.config.n_mels, model.config.audio_frames), np.float32)}
+        example = {
+            "source": frames,
+            "head_driver": frames,
+            "eye_driver": frames,
+            "audio": np.zeros((1, model.config.n_mels, model.config.audio_frames), np.float32),
+        }
     with torch.no_grad():
         output = model(*(torch.from_numpy(example[name]) for name in MODEL_INPUTS))["prediction"].numpy()
     mlflow.set_tracking_uri(uri)
@@ -246,14 +287,21 @@ def log_model(uri: str, run_id: str, model: DisCoHead, example: Mapping[str, np.
             code_paths=[str(PACKAGE_DIR)],
             signature=infer_signature(dict(example), output),
             input_example=dict(example),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"numpy=={np.__version__}",
+                f"mlflow=={mlflow.__version__}",
+            ],
             registered_model_name=register,
         )
     if register and info.registered_model_version is not None:
         from mlflow.tracking import MlflowClient
 
         MlflowClient(uri).set_registered_model_alias(register, alias, str(info.registered_model_version))
-        print(f"[train {model.config.variant}] registered models:/{register}/{info.registered_model_version} (models:/{register}@{alias})", flush=True)
+        print(
+            f"[train {model.config.variant}] registered models:/{register}/{info.registered_model_version} (models:/{register}@{alias})",
+            flush=True,
+        )
     return info
 
 
@@ -283,7 +331,9 @@ def load_checkpoint(ref: str, uri: str | None = None, storage_options: dict[str,
             if artifact_uri.startswith("runs:/") and artifact_uri.count("/") == 1:
                 artifact_uri = f"{artifact_uri}/{MODEL_NAME}"
             previous = mlflow.get_tracking_uri()
-            mlflow.set_tracking_uri(uri or tracking_uri())  # runs:/ID/model resolves its logged model through the global URI
+            mlflow.set_tracking_uri(
+                uri or tracking_uri()
+            )  # runs:/ID/model resolves its logged model through the global URI
             try:
                 local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=directory)
             finally:
@@ -294,7 +344,9 @@ def load_checkpoint(ref: str, uri: str | None = None, storage_options: dict[str,
         fs, path = filesystem_for(ref, options)
         if not fs.exists(path):
             kind = "URL" if is_remote(ref) else "path"
-            raise FileNotFoundError(f"{ref}: no such checkpoint {kind}, and not an MLflow reference (run id, runs:/ID, models:/NAME/VERSION, models:/NAME@ALIAS)")
+            raise FileNotFoundError(
+                f"{ref}: no such checkpoint {kind}, and not an MLflow reference (run id, runs:/ID, models:/NAME/VERSION, models:/NAME@ALIAS)"
+            )
         if fs.isdir(path):
             path = f"{path}/{CHECKPOINT_FILE}"
         with fs.open(path, "rb") as handle:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from .config import VARIANTS, WIDTHS, DisCoHeadConfig
 from .contracts import CHECKPOINT_FILE
 from .manifest import Manifest
-from .storage import filesystem_for
+from .storage import filesystem_for, s3_options
 
 LAUNCH_ONLY = ("resume", "ray_address")
 """Flags of the training job that say how to launch, not what to train (not in the config)."""
@@ -50,40 +51,78 @@ class TrainConfig:
     """Everything that decides a training run. Field metadata gives each flag's help."""
 
     # what to train, on what
-    variant: str = field(default="", metadata={"choices": (*VARIANTS, "all"), "help": "model variant; all trains the four side by side"})
-    data: str = field(default="", metadata={"metavar": "DEST", "help": "output of pipelines/preprocess.py: local folder or s3:// prefix"})
-    image_size: int | None = field(default=None, metadata={"help": "train at this size (default: the shards'); smaller is resized on the fly"})
-    widths: str = field(default="paper", metadata={"choices": tuple(WIDTHS), "help": "channel widths: the paper's, or narrower ones for CPU runs and tests"})
+    variant: str = field(
+        default="", metadata={"choices": (*VARIANTS, "all"), "help": "model variant; all trains the four side by side"}
+    )
+    data: str = field(
+        default="",
+        metadata={"metavar": "DEST", "help": "output of pipelines/preprocess.py: local folder or s3:// prefix"},
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "train at this size (default: the shards'); smaller is resized on the fly"}
+    )
+    widths: str = field(
+        default="paper",
+        metadata={
+            "choices": tuple(WIDTHS),
+            "help": "channel widths: the paper's, or narrower ones for CPU runs and tests",
+        },
+    )
     model_options: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"flag": "--model-option", "repeat": True, "metavar": "KEY=VALUE", "help": "override a DisCoHeadConfig field, e.g. feature_channels=256; repeatable"},
+        metadata={
+            "flag": "--model-option",
+            "repeat": True,
+            "metavar": "KEY=VALUE",
+            "help": "override a DisCoHeadConfig field, e.g. feature_channels=256; repeatable",
+        },
     )
 
     # optimisation (paper §3.2: Adam 1e-4, batch 16)
     batch_size: int = field(default=16, metadata={"help": "global batch, split across the workers (paper: 16)"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (paper: 1e-4)"})
-    max_steps: int | None = field(default=None, metadata={"help": "optimisation steps (1000 unless --epochs)"})
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "optimisation steps (1000 unless --epochs; set from --epochs when the run starts)"},
+    )
     epochs: float | None = field(default=None, metadata={"help": "passes over the training chunks, converted to steps"})
     pairs_per_chunk: int = field(default=8, metadata={"help": "(source, driver) pairs drawn from each chunk per pass"})
     perceptual_weight: float = field(default=1.0, metadata={"help": "lambda of the VGG-19 term; 0 trains on L1 alone"})
-    vgg_weights: str | None = field(default=None, metadata={"help": "path to vgg19-dcbb9e9d.pth (default: torch hub cache or DISCOHEAD_VGG19_WEIGHTS)"})
+    vgg_weights: str | None = field(
+        default=None,
+        metadata={"help": "path to vgg19-dcbb9e9d.pth (default: torch hub cache or DISCOHEAD_VGG19_WEIGHTS)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the model's initialisation and of the pair draws"})
 
     # scale and failures
     num_workers: int = field(default=1, metadata={"help": "data-parallel workers per variant"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, NCCL and bf16 autocast"})
     cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs each worker reserves"})
-    max_failures: int = field(default=3, metadata={"help": "worker-group restarts from the last checkpoint before giving up"})
+    max_failures: int = field(
+        default=3, metadata={"help": "worker-group restarts from the last checkpoint before giving up"}
+    )
 
     # outputs
     storage: str = field(default="outputs/train", metadata={"help": "checkpoint storage: local folder or s3:// prefix"})
     experiment: str = field(default="discohead", metadata={"help": "MLflow experiment and run-name prefix"})
-    register: str | None = field(default=None, metadata={"metavar": "NAME", "help": "register the final model in MLflow's registry under NAME (alias: --alias)"})
-    alias: str = field(default="candidate", metadata={"help": "alias the registered version gets, so models:/NAME@ALIAS finds it"})
+    register: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "NAME",
+            "help": "register the final model in MLflow's registry under NAME (alias: --alias)",
+        },
+    )
+    alias: str = field(
+        default="candidate", metadata={"help": "alias the registered version gets, so models:/NAME@ALIAS finds it"}
+    )
     log_every: int = field(default=50, metadata={"help": "steps between metric logs"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
-    image_every: int | None = field(default=None, metadata={"help": "steps between sample grids (default: every checkpoint)"})
-    s3_endpoint: str | None = field(default=None, metadata={"help": "S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)"})
+    image_every: int | None = field(
+        default=None, metadata={"help": "steps between sample grids (default: every checkpoint)"}
+    )
+    s3_endpoint: str | None = field(
+        default=None, metadata={"help": "S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)"}
+    )
 
     def __post_init__(self) -> None:
         options = self.model_options
@@ -98,8 +137,6 @@ class TrainConfig:
             raise ValueError("--num-workers must be at least 1")
         if self.batch_size % self.num_workers:
             raise ValueError(f"--batch-size {self.batch_size} does not split evenly across {self.num_workers} workers")
-        if self.max_steps is not None and self.epochs is not None:
-            raise ValueError("give --max-steps or --epochs, not both")
         for name in ("batch_size", "pairs_per_chunk", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
@@ -141,13 +178,21 @@ class TrainConfig:
         """
         train_chunks = manifest.chunks("train")
         if not manifest.shards.get("train") or train_chunks == 0:
-            raise ValueError(f"{self.data} has no training shards: preprocess more clips (see the skipped reasons in its manifest)")
+            raise ValueError(
+                f"{self.data} has no training shards: preprocess more clips (see the skipped reasons in its manifest)"
+            )
         image_size = self.image_size or manifest.image_size
         if image_size > manifest.image_size:
-            raise ValueError(f"--image-size {image_size} is larger than the shards' {manifest.image_size} px: preprocess with --image-size {image_size} or train smaller")
+            raise ValueError(
+                f"--image-size {image_size} is larger than the shards' {manifest.image_size} px: preprocess with --image-size {image_size} or train smaller"
+            )
         max_steps = self.max_steps
         if max_steps is None:
-            max_steps = max(1, int(self.epochs * train_chunks * self.pairs_per_chunk // self.batch_size)) if self.epochs else 1000
+            max_steps = (
+                max(1, int(self.epochs * train_chunks * self.pairs_per_chunk // self.batch_size))
+                if self.epochs
+                else 1000
+            )
         # The model's audio input follows the shards' mel settings.
         options = {**self.model_options, "n_mels": manifest.mel.n_mels, "audio_frames": manifest.mel.window_frames}
         resolved = dataclasses.replace(self, image_size=image_size, max_steps=max_steps, model_options=options)
@@ -167,7 +212,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (a checkpoint stores this; tensors-only loading accepts it)."""
-        return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)} | {"model_options": dict(self.model_options)}
+        return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)} | {
+            "model_options": dict(self.model_options)
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -195,5 +242,35 @@ def resume_point(storage: str, storage_options: dict[str, Any], name_prefix: str
     with fs.open(checkpoints[-1], "rb") as handle:
         saved = torch.load(handle, map_location="cpu", weights_only=True).get("train_config")
     if not saved:
-        raise FileNotFoundError(f"{checkpoints[-1]} holds no training config (written by an older version); drop --resume")
+        raise FileNotFoundError(
+            f"{checkpoints[-1]} holds no training config (written by an older version); drop --resume"
+        )
     return runs[-1], saved
+
+
+def launch_config(given: dict[str, Any], resume: bool = False) -> tuple[TrainConfig, dict[str, str]]:
+    """The config of a launch and the run name of each variant, from the flags the user gave.
+
+    A new launch names its runs ``EXPERIMENT-VARIANT-TIMESTAMP``. With ``resume`` the
+    latest run of each variant is continued and the flags given are laid over the config
+    its last checkpoint saved. Raises ValueError or FileNotFoundError saying what to do.
+    """
+    defaults = {item.name: item.default for item in dataclasses.fields(TrainConfig)}
+    variant = given.get("variant", "")
+    experiment, storage = given.get("experiment", defaults["experiment"]), given.get("storage", defaults["storage"])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    names, saved = {}, {}
+    for one in list(VARIANTS) if variant == "all" else [variant] if variant else []:
+        names[one] = f"{experiment}-{one}-{stamp}"
+        if resume:
+            try:
+                names[one], saved = resume_point(
+                    storage, s3_options(storage, given.get("s3_endpoint")), f"{experiment}-{one}-"
+                )
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"--resume: {error}") from None
+    if "epochs" in given:  # the saved run's steps came from its own --epochs
+        if "max_steps" in given:
+            raise ValueError("give --max-steps or --epochs, not both")
+        saved = {**saved, "max_steps": None}
+    return TrainConfig.from_dict({**saved, **given, "variant": variant}), names

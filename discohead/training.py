@@ -46,11 +46,20 @@ def training_chunks(row: Mapping[str, Any], storage_options: dict[str, Any] | No
     chunks = []
     for sample in iter_shard(fs, path):
         decoded = decode_sample(sample)
-        chunks.append({"key": decoded["__key__"], "frames": decoded["frames"], "mel": decoded["mel"], "eye_boxes": decoded["eye_boxes"]})
+        chunks.append(
+            {
+                "key": decoded["__key__"],
+                "frames": decoded["frames"],
+                "mel": decoded["mel"],
+                "eye_boxes": decoded["eye_boxes"],
+            }
+        )
     return chunks
 
 
-def fixed_pairs(dest: str, manifest: Manifest, seed: int, storage_options: dict[str, Any] | None = None, count: int = 8) -> dict[str, np.ndarray]:
+def fixed_pairs(
+    dest: str, manifest: Manifest, seed: int, storage_options: dict[str, Any] | None = None, count: int = 8
+) -> dict[str, np.ndarray]:
     """A fixed batch of test-split pairs (train split if the test split is empty): the run's PSNR/SSIM and sample grid."""
     chunks = []
     for chunk in iter_split(dest, "test" if manifest.shards["test"] else "train", storage_options):
@@ -61,7 +70,9 @@ def fixed_pairs(dest: str, manifest: Manifest, seed: int, storage_options: dict[
     return {key: value[:count] for key, value in pairs.items()}
 
 
-def draw_pairs(chunks: Iterable[Mapping[str, np.ndarray]], pairs_per_chunk: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def draw_pairs(
+    chunks: Iterable[Mapping[str, np.ndarray]], pairs_per_chunk: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """``pairs_per_chunk`` (source, driver) pairs from each decoded shard sample.
 
     Source and driver are distinct frames of the chunk (consecutive frames of one clip)
@@ -96,7 +107,9 @@ def pair_batches(
     """
     pending: dict[str, np.ndarray] | None = None
     for columns in chunk_batches:
-        chunks = [{key: columns[key][i] for key in ("frames", "mel", "eye_boxes")} for i in range(len(columns["frames"]))]
+        chunks = [
+            {key: columns[key][i] for key in ("frames", "mel", "eye_boxes")} for i in range(len(columns["frames"]))
+        ]
         pairs = draw_pairs(chunks, pairs_per_chunk, rng)
         order = rng.permutation(len(pairs["source"]))
         pairs = {key: value[order] for key, value in pairs.items()}
@@ -127,11 +140,15 @@ def _frames(frames: torch.Tensor | np.ndarray, image_size: int, device: torch.de
     if tensor.shape[-1] != image_size or tensor.shape[-2] != image_size:
         if tensor.shape[-1] < image_size:
             raise ValueError(f"frames are {tensor.shape[-1]} px, smaller than the requested image size {image_size}")
-        tensor = F.interpolate(tensor, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+        tensor = F.interpolate(
+            tensor, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+        ).clamp_(0, 1)
     return tensor
 
 
-def model_inputs(pairs: Mapping[str, torch.Tensor | np.ndarray], image_size: int, device: torch.device | str = "cpu") -> ModelInputs:
+def model_inputs(
+    pairs: Mapping[str, torch.Tensor | np.ndarray], image_size: int, device: torch.device | str = "cpu"
+) -> ModelInputs:
     """The model's four inputs and the target from a batch of :func:`draw_pairs` columns."""
     source = _frames(pairs["source"], image_size, device)
     driver = _frames(pairs["driver"], image_size, device)
@@ -150,7 +167,9 @@ def train_step(
     """One Adam step on the reconstruction loss; returns the loss terms as floats."""
     model.train()
     device_type = inputs.source.device.type
-    with torch.autocast(device_type=device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+    with torch.autocast(
+        device_type=device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+    ):
         prediction = model(inputs.source, inputs.head_driver, inputs.eye_driver, inputs.audio)["prediction"]
     terms = loss_fn(prediction.float(), inputs.target)
     optimizer.zero_grad(set_to_none=True)
@@ -236,7 +255,9 @@ def _mean_across_workers(terms: dict[str, float], device: torch.device) -> dict[
     return {f"loss_{name}": value for name, value in zip(names, values.tolist())}
 
 
-def _recording(stream: Iterable[Mapping[str, np.ndarray]], keys: list[str] | None) -> Iterator[Mapping[str, np.ndarray]]:
+def _recording(
+    stream: Iterable[Mapping[str, np.ndarray]], keys: list[str] | None
+) -> Iterator[Mapping[str, np.ndarray]]:
     for columns in stream:
         if keys is not None and "key" in columns:
             keys.extend(str(key) for key in columns["key"])
@@ -273,7 +294,10 @@ def fit(
         model.load_state_dict(checkpoint["model"])
         state = TrainingState.from_checkpoint(checkpoint)
         if rank == 0:
-            print(f"[train {config.variant}] resuming from step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch})", flush=True)
+            print(
+                f"[train {config.variant}] resuming from step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch})",
+                flush=True,
+            )
     model = wrap(model) if wrap else model.to(device)
     core: DisCoHead = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -289,10 +313,14 @@ def fit(
     while step < max_steps:
         rng = np.random.default_rng([config.seed, rank, epoch])
         keys: list[str] | None = [] if epoch == 0 else None
-        for index, batch in enumerate(pair_batches(_recording(batches(epoch), keys), config.per_worker_batch, config.pairs_per_chunk, rng)):
+        for index, batch in enumerate(
+            pair_batches(_recording(batches(epoch), keys), config.per_worker_batch, config.pairs_per_chunk, rng)
+        ):
             if index < done:
                 continue  # replaying the pass up to where the checkpoint left it
-            terms = train_step(model, loss_fn, optimizer, model_inputs(batch, model_config.image_size, device), autocast)
+            terms = train_step(
+                model, loss_fn, optimizer, model_inputs(batch, model_config.image_size, device), autocast
+            )
             step, done, steps_timed = step + 1, index + 1, steps_timed + 1
             last = step >= max_steps
             if step % config.log_every == 0 or last:
@@ -322,7 +350,9 @@ def fit(
             if last:
                 break
         if done == 0:
-            raise RuntimeError(f"worker {rank} received no full batch in a pass over the data: use fewer workers, a smaller --batch-size or more clips")
+            raise RuntimeError(
+                f"worker {rank} received no full batch in a pass over the data: use fewer workers, a smaller --batch-size or more clips"
+            )
         if keys:
             report.chunks_seen(keys)
         epoch, done = epoch + 1, 0

@@ -55,10 +55,30 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists():
             write_synthetic_video(path, SyntheticClip(seconds=4.0, seed=100 + index))
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}"),
+    }
     env.pop("RAY_ADDRESS", None)
     python = sys.executable
-    step("Preprocessing", [python, str(PIPELINES / "preprocess.py"), "--input", str(videos), "--output", str(shards), "--image-size", "64", "--landmarks", "dlib", "--split-mode", "time"], env)
+    step(
+        "Preprocessing",
+        [
+            python,
+            str(PIPELINES / "preprocess.py"),
+            "--input",
+            str(videos),
+            "--output",
+            str(shards),
+            "--image-size",
+            "64",
+            "--landmarks",
+            "dlib",
+            "--split-mode",
+            "time",
+        ],
+        env,
+    )
     options = [item for option in SMALL_MODEL for item in ("--model-option", option)]
     step(
         "Training all four variants",

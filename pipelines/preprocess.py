@@ -40,14 +40,37 @@ from pipelines.cli import UsageError, run_job
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The job's own flags, and one flag per :class:`ClipConfig` field (its defaults, its help)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", action="append", required=True, metavar="SRC", help="folder, glob, list file (.txt) or s3:// prefix; repeatable")
+    parser.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="SRC",
+        help="folder, glob, list file (.txt) or s3:// prefix; repeatable",
+    )
     parser.add_argument("--output", required=True, metavar="DEST", help="local folder or s3:// prefix")
-    parser.add_argument("--landmarks", default="auto", choices=("auto", "dlib", "face-alignment"), help="landmark backend (default: auto)")
-    parser.add_argument("--shard-size-mb", type=float, default=256.0, help="target size of one tar shard (default: 256)")
-    parser.add_argument("--workers", type=int, default=None, help="clip-processing actors (default: one per CPU of the cluster)")
-    parser.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL from the environment)")
+    parser.add_argument(
+        "--landmarks",
+        default="auto",
+        choices=("auto", "dlib", "face-alignment"),
+        help="landmark backend (default: auto)",
+    )
+    parser.add_argument(
+        "--shard-size-mb", type=float, default=256.0, help="target size of one tar shard (default: 256)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="clip-processing actors (default: one per CPU of the cluster)"
+    )
+    parser.add_argument(
+        "--s3-endpoint",
+        default=None,
+        help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL from the environment)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete DEST's previous output and redo every clip")
-    parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, set by `ray job submit`; else a new local Ray)")
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join (default: RAY_ADDRESS, set by `ray job submit`; else a new local Ray)",
+    )
     flags.add_flags(parser.add_argument_group("shard settings (recorded in the manifest)"), ClipConfig)
     args = parser.parse_args(argv)
     try:
@@ -105,9 +128,15 @@ class ClipProcessor:
             except MediaError as error:
                 record, samples = ClipRecord(clip_id, source, "skipped", error.reason, error.detail), []
             except OSError as error:
-                record, samples = ClipRecord(clip_id, source, "skipped", "unreadable_input", f"{type(error).__name__}: {error}"), []
+                record, samples = (
+                    ClipRecord(clip_id, source, "skipped", "unreadable_input", f"{type(error).__name__}: {error}"),
+                    [],
+                )
             except Exception as error:  # one odd file must not stop the job; the manifest says what happened
-                record, samples = ClipRecord(clip_id, source, "skipped", "failed", f"{type(error).__name__}: {error}"), []
+                record, samples = (
+                    ClipRecord(clip_id, source, "skipped", "failed", f"{type(error).__name__}: {error}"),
+                    [],
+                )
         elapsed = time.perf_counter() - started
         record.started_at, record.seconds = round(started_at, 3), round(elapsed, 3)
         outcome = f"{record.frames} frames" if record.status == "ok" else f"skipped ({record.reason}: {record.detail})"
@@ -131,7 +160,9 @@ class ShardDatasink(Datasink):
 
     def write(self, blocks, ctx) -> str:
         """Write this task's clips; returns the commit name (the driver rereads all commits)."""
-        writer = ShardWriterTask(self.dest, self.storage_options, f"{self.run_id}-{ctx.task_idx:05d}", self.target_bytes)
+        writer = ShardWriterTask(
+            self.dest, self.storage_options, f"{self.run_id}-{ctx.task_idx:05d}", self.target_bytes
+        )
         for block in blocks:
             for row in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
                 writer.add_clip(ClipRecord(**json.loads(row["record"])), pickle.loads(row["payload"]))
@@ -153,7 +184,11 @@ def resolve_backend(name: str) -> str:
 
 
 def list_inputs(inputs: list[str], storage_options: dict[str, Any]) -> tuple[list[str], list[ClipRecord]]:
-    rows = ray.data.from_items([{"input": spec} for spec in inputs]).flat_map(list_input, fn_kwargs={"storage_options": storage_options}).take_all()
+    rows = (
+        ray.data.from_items([{"input": spec} for spec in inputs])
+        .flat_map(list_input, fn_kwargs={"storage_options": storage_options})
+        .take_all()
+    )
     sources, skipped, seen = [], [], set()
     for row in rows:
         if row["source"] is None:
@@ -165,11 +200,18 @@ def list_inputs(inputs: list[str], storage_options: dict[str, Any]) -> tuple[lis
 
 
 def print_summary(
-    manifest: Manifest, decoded_frames: int, stored_frames: int, process_seconds: float, wall_seconds: float, workers: int
+    manifest: Manifest,
+    decoded_frames: int,
+    stored_frames: int,
+    process_seconds: float,
+    wall_seconds: float,
+    workers: int,
 ) -> None:
     totals = manifest.totals
     print("[preprocess] summary")
-    chunks = f"{totals.chunks['train']} train / {totals.chunks['test']} test chunks of {manifest.config.chunk_frames} frames"
+    chunks = (
+        f"{totals.chunks['train']} train / {totals.chunks['test']} test chunks of {manifest.config.chunk_frames} frames"
+    )
     print(f"  clips written   {totals.clips} ({chunks})")
     print(f"  clips skipped   {totals.skipped}")
     for reason, count in totals.skipped_by_reason.items():
@@ -200,14 +242,26 @@ def run(args: argparse.Namespace) -> int:
     commits = load_commits(fs, root)
     other = {commit.get("config_hash") for commit in commits} - {digest}
     if other:
-        raise UsageError(f"{args.output} holds shards made with other settings (config {sorted(other)[0]}); use --overwrite or another --output")
+        raise UsageError(
+            f"{args.output} holds shards made with other settings (config {sorted(other)[0]}); use --overwrite or another --output"
+        )
 
     sources, listing_skips = list_inputs(args.input, storage_options)
     clip_ids = {source: clip_id_for(source) for source in sources}
-    splits = assign_clip_splits(sorted(clip_ids.values()), config.train_ratio, config.seed) if config.split_mode == "clip" else {}
+    splits = (
+        assign_clip_splits(sorted(clip_ids.values()), config.train_ratio, config.seed)
+        if config.split_mode == "clip"
+        else {}
+    )
     done = {clip["clip_id"] for commit in commits for clip in commit["clips"]}
-    todo = [{"source": s, "clip_id": clip_ids[s], "split": splits.get(clip_ids[s], "")} for s in sources if clip_ids[s] not in done]
-    print(f"[preprocess] {len(sources)} input files: {len(sources) - len(todo)} already done, {len(todo)} to process on {cpus:g} CPUs")
+    todo = [
+        {"source": s, "clip_id": clip_ids[s], "split": splits.get(clip_ids[s], "")}
+        for s in sources
+        if clip_ids[s] not in done
+    ]
+    print(
+        f"[preprocess] {len(sources)} input files: {len(sources) - len(todo)} already done, {len(todo)} to process on {cpus:g} CPUs"
+    )
 
     run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
     workers = args.workers or max(1, int(cpus))
@@ -245,7 +299,10 @@ def run(args: argparse.Namespace) -> int:
     manifest.write(args.output, dest_options)
     print_summary(manifest, decoded_frames, processed_frames, process_seconds, elapsed, workers)
     if manifest.totals.clips == 0:
-        print(f"[preprocess] error: no clip was written; the reasons are in {args.output.rstrip('/')}/{MANIFEST_NAME}", file=sys.stderr)
+        print(
+            f"[preprocess] error: no clip was written; the reasons are in {args.output.rstrip('/')}/{MANIFEST_NAME}",
+            file=sys.stderr,
+        )
         return 1
     print(f"[preprocess] wrote {args.output.rstrip('/')}/{{{','.join(SPLITS)}}}/*.tar and {MANIFEST_NAME}")
     return 0

@@ -18,7 +18,6 @@ import dataclasses
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,14 @@ import ray.train
 import ray.train.torch
 import torch
 
-from discohead import VARIANTS, flags
+from discohead import flags
 from discohead.contracts import CHECKPOINT_FILE
 from discohead.losses import DisCoHeadLoss
 from discohead.manifest import Manifest, ShardFormatError
 from discohead.pretrained import PretrainedWeightsUnavailable
 from discohead.storage import absolute, pyarrow_filesystem, s3_options
 from discohead.tracking import MlflowReporter, model_example, start_launch
-from discohead.train_config import TrainConfig, resume_point
+from discohead.train_config import TrainConfig, launch_config
 from discohead.training import fit, fixed_pairs, training_chunks
 from pipelines.cli import UsageError, run_job
 
@@ -43,8 +42,14 @@ from pipelines.cli import UsageError, run_job
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     flags.add_flags(parser, TrainConfig)
-    parser.add_argument("--resume", action="store_true", help="continue the latest run of this experiment and variant from its last checkpoint, with its saved config (flags given override it)")
-    parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest run of this experiment and variant from its last checkpoint, with its saved config (flags given override it)",
+    )
+    parser.add_argument(
+        "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
+    )
     return parser.parse_args(argv)
 
 
@@ -53,21 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def configure(args: argparse.Namespace) -> tuple[TrainConfig, Manifest, dict[str, str]]:
     """The run's config (flags over the resumed run's saved config), checked against the shards, and its run names."""
-    given = flags.given(args, TrainConfig)
-    defaults = TrainConfig.__dataclass_fields__
-    variant, experiment = given.get("variant", ""), given.get("experiment", defaults["experiment"].default)
-    storage, endpoint = given.get("storage", defaults["storage"].default), given.get("s3_endpoint")
-    names, saved = {}, {}
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for one in list(VARIANTS) if variant == "all" else [variant] if variant else []:
-        names[one] = f"{experiment}-{one}-{stamp}"
-        if args.resume:
-            try:
-                names[one], saved = resume_point(storage, s3_options(storage, endpoint), f"{experiment}-{one}-")
-            except FileNotFoundError as error:
-                raise UsageError(f"--resume: {error}") from None
     try:
-        config = TrainConfig.from_dict({**saved, **given, "variant": variant})
+        config, names = launch_config(flags.given(args, TrainConfig), args.resume)
         config = dataclasses.replace(config, storage=absolute(config.storage))
         manifest = Manifest.read(config.data, s3_options(config.data, config.s3_endpoint))
         config = config.resolve(manifest)
@@ -75,8 +67,12 @@ def configure(args: argparse.Namespace) -> tuple[TrainConfig, Manifest, dict[str
         raise UsageError(str(error)) from None
     local = not (args.ray_address or os.environ.get("RAY_ADDRESS"))
     if local and config.use_gpu and not torch.cuda.is_available():
-        raise UsageError("--use-gpu was given but this machine has no CUDA GPU: drop --use-gpu to train on CPU, or submit to a cluster with GPUs")
-    if local and config.perceptual_weight > 0:  # on a cluster the workers load the weights (and say which file is missing)
+        raise UsageError(
+            "--use-gpu was given but this machine has no CUDA GPU: drop --use-gpu to train on CPU, or submit to a cluster with GPUs"
+        )
+    if (
+        local and config.perceptual_weight > 0
+    ):  # on a cluster the workers load the weights (and say which file is missing)
         try:
             DisCoHeadLoss(config.perceptual_weight, config.vgg_weights)
         except PretrainedWeightsUnavailable as error:
@@ -96,7 +92,9 @@ def connect_ray(config: TrainConfig, address: str | None) -> None:
         raise UsageError("--use-gpu was given but the Ray cluster has no GPU: drop --use-gpu to train on CPU")
     needed = config.cpus_per_worker * config.num_workers
     if not config.use_gpu and resources.get("CPU", 0) < needed:
-        raise UsageError(f"{config.num_workers} workers x {config.cpus_per_worker:g} CPUs need {needed:g} CPUs; the cluster has {resources.get('CPU', 0):g}")
+        raise UsageError(
+            f"{config.num_workers} workers x {config.cpus_per_worker:g} CPUs need {needed:g} CPUs; the cluster has {resources.get('CPU', 0):g}"
+        )
 
 
 # --- data ------------------------------------------------------------------------------
@@ -107,13 +105,17 @@ def training_dataset(config: TrainConfig, manifest: Manifest) -> ray.data.Datase
     ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print the progress
     paths = [{"path": url} for url in manifest.shard_urls(config.data, "train")]
     options = s3_options(config.data, config.s3_endpoint)
-    return ray.data.from_items(paths, override_num_blocks=len(paths)).flat_map(training_chunks, fn_kwargs={"storage_options": options})
+    return ray.data.from_items(paths, override_num_blocks=len(paths)).flat_map(
+        training_chunks, fn_kwargs={"storage_options": options}
+    )
 
 
 def chunk_batches(iterator: Any, config: TrainConfig) -> Any:
     """One pass of a worker's chunks, as the training loop takes them (the benchmark reads the same)."""
     fetch = config.chunks_per_fetch
-    return iterator.iter_batches(batch_size=fetch, batch_format="numpy", prefetch_batches=2, local_shuffle_buffer_size=4 * fetch)
+    return iterator.iter_batches(
+        batch_size=fetch, batch_format="numpy", prefetch_batches=2, local_shuffle_buffer_size=4 * fetch
+    )
 
 
 # --- the workers -----------------------------------------------------------------------
@@ -128,7 +130,11 @@ class RayTrainReporter(MlflowReporter):
             return
         with tempfile.TemporaryDirectory() as directory:
             torch.save(checkpoint, Path(directory) / CHECKPOINT_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory), checkpoint_dir_name=f"step-{step:08d}")
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(directory),
+                checkpoint_dir_name=f"step-{step:08d}",
+            )
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
@@ -140,7 +146,9 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         with saved.as_directory() as directory:
             checkpoint = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     shard = ray.train.get_dataset_shard("train")
-    report = RayTrainReporter(loop["tracking_uri"], loop["run_id"], rank, config.register, config.alias, loop["example"])
+    report = RayTrainReporter(
+        loop["tracking_uri"], loop["run_id"], rank, config.register, config.alias, loop["example"]
+    )
     fit(
         config, lambda epoch: chunk_batches(shard, config), report, checkpoint=checkpoint, test_pairs=loop["test_pairs"] if rank == 0 else None,
         device=ray.train.torch.get_device(), rank=rank, world_size=context.get_world_size(), wrap=ray.train.torch.prepare_model,
@@ -154,10 +162,15 @@ def fit_variant(config: TrainConfig, manifest: Manifest, run_name: str, loop: di
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**loop, "config": config},
-        scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures), checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),  # fmt: skip
         datasets={"train": training_dataset(config, manifest)},
     )
@@ -173,24 +186,42 @@ def run(args: argparse.Namespace) -> int:
     config, manifest, names = configure(args)
     connect_ray(config, args.ray_address)
     launch = start_launch(config, names, manifest, resume=args.resume)
-    print(f"[train] MLflow {launch.tracking_uri}, experiment {config.experiment!r}; artifacts in {launch.artifact_root()}", flush=True)
+    print(
+        f"[train] MLflow {launch.tracking_uri}, experiment {config.experiment!r}; artifacts in {launch.artifact_root()}",
+        flush=True,
+    )
     test_pairs = fixed_pairs(config.data, manifest, config.seed, s3_options(config.data, config.s3_endpoint))
     loops, configs = {}, {variant: config.for_variant(variant) for variant in names}
     for variant, name in names.items():
-        loops[variant] = {"tracking_uri": launch.tracking_uri, "run_id": launch.run_ids[variant], "test_pairs": test_pairs, "example": model_example(test_pairs, config.image_size)}
+        loops[variant] = {
+            "tracking_uri": launch.tracking_uri,
+            "run_id": launch.run_ids[variant],
+            "test_pairs": test_pairs,
+            "example": model_example(test_pairs, config.image_size),
+        }
         workers = f"{config.num_workers} worker(s), batch {config.batch_size}"
-        print(f"[train] {variant}: run {name}, MLflow run {launch.run_ids[variant]}, {config.steps} steps, {workers}", flush=True)
+        print(
+            f"[train] {variant}: run {name}, MLflow run {launch.run_ids[variant]}, {config.steps} steps, {workers}",
+            flush=True,
+        )
     try:
         if len(names) == 1:
             (variant,) = names
             paths = [fit_variant(configs[variant], manifest, names[variant], loops[variant])]
         else:
-            paths = ray.get([fit_variant_task.remote(configs[variant], manifest, names[variant], loops[variant]) for variant in names])
+            paths = ray.get(
+                [
+                    fit_variant_task.remote(configs[variant], manifest, names[variant], loops[variant])
+                    for variant in names
+                ]
+            )
     except BaseException:
         launch.finish("FAILED")
         raise
     launch.finish()
-    print(f"\n[train] finished; compare the runs in MLflow ({launch.tracking_uri}, experiment {config.experiment!r}, artifacts in {launch.artifact_root()}):")
+    print(
+        f"\n[train] finished; compare the runs in MLflow ({launch.tracking_uri}, experiment {config.experiment!r}, artifacts in {launch.artifact_root()}):"
+    )
     for variant, path in zip(names, paths):
         print(f"  {variant:<10} MLflow run {launch.run_ids[variant]}  checkpoint {path}")
     return 0

@@ -98,7 +98,9 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def http_service(name: str, command: list[str], probe_url: str, log_dir: Path, timeout: float = 120) -> Iterator[subprocess.Popen]:
+def http_service(
+    name: str, command: list[str], probe_url: str, log_dir: Path, timeout: float = 120
+) -> Iterator[subprocess.Popen]:
     """Start a server in its own session, wait until ``probe_url`` answers, stop it by pid."""
     log = open(log_dir / f"{name}.log", "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -128,7 +130,13 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
         pytest.skip("moto_server not installed (pip install 'moto[server]')")
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    with http_service("moto_server", [binary, "-H", "127.0.0.1", "-p", str(port)], endpoint, tmp_path_factory.mktemp("moto"), timeout=60):
+    with http_service(
+        "moto_server",
+        [binary, "-H", "127.0.0.1", "-p", str(port)],
+        endpoint,
+        tmp_path_factory.mktemp("moto"),
+        timeout=60,
+    ):
         env = {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": S3_SECRET,
@@ -177,7 +185,9 @@ def ray_head(tmp_path_factory, s3_server: S3Server) -> Iterator[RayHead]:
     if binary is None:
         pytest.skip("the ray CLI is not installed (pip install 'ray[default]')")
     home = tmp_path_factory.mktemp("ray-home")
-    subprocess.run([binary, "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)}, check=True, capture_output=True)
+    subprocess.run(
+        [binary, "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)}, check=True, capture_output=True
+    )
     token_path = home / ".ray" / "auth_token"
     auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
     port, dashboard_port, client_port = free_port(), free_port(), free_port()
@@ -215,7 +225,12 @@ def ray_head(tmp_path_factory, s3_server: S3Server) -> Iterator[RayHead]:
 
         def accepts_jobs() -> bool:
             # The dashboard answers before its job agent has registered ("No available agent").
-            probe = subprocess.run([binary, "job", "submit", "--address", dashboard, "--", "true"], env=client_env, capture_output=True, timeout=120)
+            probe = subprocess.run(
+                [binary, "job", "submit", "--address", dashboard, "--", "true"],
+                env=client_env,
+                capture_output=True,
+                timeout=120,
+            )
             return probe.returncode == 0
 
         wait_until(accepts_jobs, 180, "ray job agent")

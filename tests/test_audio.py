@@ -1,5 +1,4 @@
 import pytest
-
 import torch
 
 from discohead.audio import clip_windows, frame_windows, log_mel_spectrogram

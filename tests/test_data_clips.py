@@ -36,7 +36,9 @@ def test_every_input_kind_is_stored_or_skipped_with_its_reason(name, synthetic_m
 
 def test_handled_inputs_leave_a_note(synthetic_media, backend):
     notes = {
-        name: " ".join(process_clip(synthetic_media[name], name, clip_id_for(name), backend, CONFIG, "train").record.notes)
+        name: " ".join(
+            process_clip(synthetic_media[name], name, clip_id_for(name), backend, CONFIG, "train").record.notes
+        )
         for name in ("fps30.mp4", "vertical.mp4", "two_faces.mp4", "short_audio.mp4")
     }
     assert "resampled from 30 to 25 fps" in notes["fps30.mp4"]
@@ -85,7 +87,11 @@ def test_samples_follow_the_shard_schema(synthetic_media, backend):
     assert inside.mean() > 0.95
     expected_boxes = eye_box_from_landmarks(torch.from_numpy(sample["landmarks"]), 64).numpy()
     assert np.allclose(sample["eye_boxes"], expected_boxes)
-    assert sample["meta"]["clip_id"] == "good-a" and sample["meta"]["first_frame"] == 0 and sample["meta"]["split"] == "test"
+    assert (
+        sample["meta"]["clip_id"] == "good-a"
+        and sample["meta"]["first_frame"] == 0
+        and sample["meta"]["split"] == "test"
+    )
 
 
 def test_real_grid_clip(shared_data, backend):
@@ -99,7 +105,10 @@ def test_real_grid_clip(shared_data, backend):
 
 def test_real_portrait_edge_cases(shared_data, backend):
     portrait = shared_data / "portrait"
-    reasons = {name: process_clip(portrait / name, name, clip_id_for(name), backend, CONFIG, "train").record.reason for name in ("d0.mp4", "d13.mp4", "d18.mp4")}
+    reasons = {
+        name: process_clip(portrait / name, name, clip_id_for(name), backend, CONFIG, "train").record.reason
+        for name in ("d0.mp4", "d13.mp4", "d18.mp4")
+    }
     assert reasons == {"d0.mp4": "no_audio_stream", "d13.mp4": "no_audio_stream", "d18.mp4": "silent_audio"}
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from discohead.data.crop import boxes_from_landmarks, crop_and_resize, crop_boxes, fill_missing, fit_inside, landmarks_to_crop, smooth
+from discohead.data.crop import (
+    boxes_from_landmarks,
+    crop_and_resize,
+    crop_boxes,
+    fill_missing,
+    fit_inside,
+    landmarks_to_crop,
+    smooth,
+)
 
 
 def square_landmarks(centre_x: float, centre_y: float, extent: float) -> np.ndarray:

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from discohead.contracts import CHUNK_FRAMES, MANIFEST_NAME, SHARD_FORMAT_VERSION, SHARD_KEYS, ClipConfig
-from discohead.data.shards import COMMITS_DIR, STAGING_DIR, ShardWriterTask, decode_sample, encode_sample, iter_shard, iter_split, load_commits
+from discohead.data.shards import (
+    COMMITS_DIR,
+    STAGING_DIR,
+    ShardWriterTask,
+    decode_sample,
+    encode_sample,
+    iter_shard,
+    iter_split,
+    load_commits,
+)
 from discohead.manifest import ClipRecord, Manifest, ShardFormatError
 from discohead.storage import filesystem_for
 
@@ -39,7 +48,10 @@ def write_clips(dest: str, name: str, clips: dict[str, list[str]], options=None,
 
 def test_sample_round_trip_and_version_check():
     raw = fake_sample("clip-a", 3)
-    assert set(raw) == {"__key__", *(getattr(SHARD_KEYS, name) for name in ("frames", "mel", "landmarks", "eye_boxes", "meta"))}
+    assert set(raw) == {
+        "__key__",
+        *(getattr(SHARD_KEYS, name) for name in ("frames", "mel", "landmarks", "eye_boxes", "meta")),
+    }
     sample = decode_sample(raw)
     assert sample["frames"].dtype == np.uint8 and sample["mel"].dtype == np.float16
     assert sample["meta"] == {"clip_id": "clip-a", "chunk": 3, "format_version": SHARD_FORMAT_VERSION}
@@ -51,8 +63,14 @@ def test_sample_round_trip_and_version_check():
 
 
 def test_writer_packs_whole_clips_and_rolls_over_at_target_size(tmp_path):
-    commit = write_clips(str(tmp_path), "run-00000", {"a": ["train", "train"], "b": ["train"], "c": ["test"]}, target_bytes=1)
-    assert sorted(commit["shards"]) == ["test/shard-run-00000-002.tar", "train/shard-run-00000-000.tar", "train/shard-run-00000-001.tar"]
+    commit = write_clips(
+        str(tmp_path), "run-00000", {"a": ["train", "train"], "b": ["train"], "c": ["test"]}, target_bytes=1
+    )
+    assert sorted(commit["shards"]) == [
+        "test/shard-run-00000-002.tar",
+        "train/shard-run-00000-000.tar",
+        "train/shard-run-00000-001.tar",
+    ]
     by_clip = {clip["clip_id"]: clip for clip in commit["clips"]}
     assert by_clip["a"]["shards"] == ["train/shard-run-00000-000.tar"] and by_clip["a"]["chunks"] == {"train": 2}
     assert by_clip["bad-run-00000"]["status"] == "skipped"
@@ -62,7 +80,9 @@ def test_writer_packs_whole_clips_and_rolls_over_at_target_size(tmp_path):
 def test_local_tars_are_built_inside_dest_and_published_by_rename(tmp_path, monkeypatch):
     writer = ShardWriterTask(str(tmp_path), None, "run-00000", 10**9)
     assert writer._workdir.startswith(str(tmp_path / STAGING_DIR))
-    writer.add_clip(ClipRecord("a", "/videos/a.mp4", "ok", frames=CHUNK_FRAMES, fps=25.0), [("train", fake_sample("a", 0))])
+    writer.add_clip(
+        ClipRecord("a", "/videos/a.mp4", "ok", frames=CHUNK_FRAMES, fps=25.0), [("train", fake_sample("a", 0))]
+    )
     built = next(Path(writer._workdir).iterdir())
     inode = built.stat().st_ino
     copies = []
@@ -78,7 +98,9 @@ def test_local_tars_are_built_inside_dest_and_published_by_rename(tmp_path, monk
 def test_staging_left_by_a_killed_write_task_is_removed_on_resume(tmp_path):
     write_clips(str(tmp_path), "run-00000", {"a": ["train"]})
     killed = ShardWriterTask(str(tmp_path), None, "run-00001", 10**9)
-    killed.add_clip(ClipRecord("b", "/videos/b.mp4", "ok", frames=CHUNK_FRAMES, fps=25.0), [("train", fake_sample("b", 0))])
+    killed.add_clip(
+        ClipRecord("b", "/videos/b.mp4", "ok", frames=CHUNK_FRAMES, fps=25.0), [("train", fake_sample("b", 0))]
+    )
     fs, root = filesystem_for(str(tmp_path))
     assert [commit["name"] for commit in load_commits(fs, root)] == ["run-00000"]
     assert not (tmp_path / STAGING_DIR).exists()
@@ -114,7 +136,9 @@ def test_manifest_and_reader_local(tmp_path):
     assert len(stored.config_hash) == 16 and stored.format_version == SHARD_FORMAT_VERSION
     assert stored.config == ClipConfig() and stored.landmarks == "dlib" and stored.skipped[-1].clip_id is None
     on_disk = json.loads((tmp_path / MANIFEST_NAME).read_text())
-    assert on_disk["config"]["mel"]["n_mels"] == 80 and on_disk["totals"]["clips"] == 2, "the file stays readable by people"
+    assert on_disk["config"]["mel"]["n_mels"] == 80 and on_disk["totals"]["clips"] == 2, (
+        "the file stays readable by people"
+    )
     keys = [sample["__key__"] for sample in iter_split(str(tmp_path), "train")]
     assert sorted(keys) == ["a_0000", "b_0000"]
     assert [sample["__key__"] for sample in iter_split(str(tmp_path), "test")] == ["a_0001"]

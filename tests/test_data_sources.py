@@ -39,7 +39,10 @@ def test_s3_prefix_glob_and_fetch(s3_server, tmp_path):
     fs.mkdir("sources-test")
     fs.pipe({"sources-test/raw/x/one.mp4": b"1", "sources-test/raw/two.mp4": b"2"})
     options = s3_server.storage_options
-    assert expand_input("s3://sources-test/raw", options) == ["s3://sources-test/raw/two.mp4", "s3://sources-test/raw/x/one.mp4"]
+    assert expand_input("s3://sources-test/raw", options) == [
+        "s3://sources-test/raw/two.mp4",
+        "s3://sources-test/raw/x/one.mp4",
+    ]
     assert expand_input("s3://sources-test/raw/*.mp4", options) == ["s3://sources-test/raw/two.mp4"]
     local = fetch_to_local("s3://sources-test/raw/two.mp4", str(tmp_path), options)
     assert Path(local).read_bytes() == b"2"

@@ -55,11 +55,14 @@ def test_parse_audio_only():
 
 
 def test_parse_ignores_what_ffmpeg_says_about_its_outputs():
-    report = AUDIO_ONLY_REPORT + """Stream mapping:
+    report = (
+        AUDIO_ONLY_REPORT
+        + """Stream mapping:
   Stream #0:0 -> #0:0 (pcm_s16le (native) -> rawvideo (native))
 Output #0, rawvideo, to 'pipe:':
   Stream #0:0: Video: rawvideo, rgb24, 64x48, 25 fps
 """
+    )
     info = parse_ffmpeg_report(report)
     assert not info.has_video and (info.width, info.height) == (0, 0)
 

@@ -15,8 +15,17 @@ def test_reconstruction_evaluation_scores_model_and_baselines(tmp_path):
     # The source is the clip's first frame, which lives in its first (train) chunk.
     first_chunk = next(iter_split(dest, "train"))
     np.testing.assert_array_equal(clips[0].source, first_chunk["frames"][0])
-    model = DisCoHead.from_variant("affine-nm", image_size=32, hourglass_max_channels=32, feature_channels=32, audio_channels=16, encoder_channels=8)
+    model = DisCoHead.from_variant(
+        "affine-nm",
+        image_size=32,
+        hourglass_max_channels=32,
+        feature_channels=32,
+        audio_channels=16,
+        encoder_channels=8,
+    )
     scores = evaluate_reconstruction(model, dest, batch_size=4)
     assert scores["frames"] == 20
-    assert set(scores) == {"frames"} | {f"{name}_{metric}" for name in ("model", "copy", "warp") for metric in ("psnr", "ssim")}
+    assert set(scores) == {"frames"} | {
+        f"{name}_{metric}" for name in ("model", "copy", "warp") for metric in ("psnr", "ssim")
+    }
     assert 5 < scores["copy_psnr"] < 60 and 0 < scores["copy_ssim"] <= 1

@@ -32,10 +32,14 @@ def test_affine_from_heatmap_is_rotation_times_sqrt_variances():
     angle, major, minor = 0.3, 0.03, 0.01
     heatmap = gaussian_heatmap(torch.zeros(2, dtype=torch.float64), rotated_covariance(angle, major, minor), size=128)
     affine = geometry.affine_from_heatmap(heatmap)[0]
-    expected = geometry.rotation_matrix(torch.tensor(angle, dtype=torch.float64)) @ torch.diag(torch.tensor([major, minor], dtype=torch.float64).sqrt())
+    expected = geometry.rotation_matrix(torch.tensor(angle, dtype=torch.float64)) @ torch.diag(
+        torch.tensor([major, minor], dtype=torch.float64).sqrt()
+    )
     torch.testing.assert_close(affine[:, :2], expected, atol=3e-3, rtol=0)
     rotation_only = geometry.affine_from_heatmap(heatmap, scale=False)[0]
-    torch.testing.assert_close(rotation_only[:, :2], geometry.rotation_matrix(torch.tensor(angle, dtype=torch.float64)), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        rotation_only[:, :2], geometry.rotation_matrix(torch.tensor(angle, dtype=torch.float64)), atol=1e-3, rtol=0
+    )
 
 
 @pytest.mark.parametrize("angle", [-1.4, -0.7, 0.0, 0.5, 0.78, 1.2, math.pi / 2])
@@ -68,7 +72,10 @@ def test_relative_affine_maps_driver_points_to_source_points():
     driver = torch.randn(3, 2, 3, dtype=torch.float64) + torch.eye(2, 3, dtype=torch.float64)
     reference = torch.randn(3, 5, 2, dtype=torch.float64)
     relative = geometry.relative_affine(source, driver)
-    torch.testing.assert_close(geometry.apply_affine(relative, geometry.apply_affine(driver, reference)), geometry.apply_affine(source, reference))
+    torch.testing.assert_close(
+        geometry.apply_affine(relative, geometry.apply_affine(driver, reference)),
+        geometry.apply_affine(source, reference),
+    )
 
 
 def test_affine_warp_translates_image():

@@ -37,7 +37,11 @@ def test_forward_backward_at_64px(variant):
     optimizer.zero_grad()
     torch.nn.functional.l1_loss(model(source, head_driver, eye_driver, audio)["prediction"], head_driver).backward()
     decoder = model.expression_control_decoder
-    for name, module in (("audio encoder", decoder.audio_encoder), ("eye encoder", decoder.eye_encoder), ("head-motion predictor", model.head_motion_predictor)):
+    for name, module in (
+        ("audio encoder", decoder.audio_encoder),
+        ("eye encoder", decoder.eye_encoder),
+        ("head-motion predictor", model.head_motion_predictor),
+    ):
         grads = [p.grad for p in module.parameters() if p.requires_grad]
         assert all(g is not None for g in grads), f"no gradient reaches the {name}"
         assert sum(g.abs().sum().item() for g in grads) > 0, f"zero gradient in the {name}"
@@ -48,7 +52,11 @@ def test_forward_backward_at_64px(variant):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_train_step_at_each_image_size(variant, size):
     torch.manual_seed(0)
-    narrow = {} if size in (32, 64) else {"hourglass_max_channels": 64, "feature_channels": 64, "audio_channels": 32, "encoder_channels": 16}
+    narrow = (
+        {}
+        if size in (32, 64)
+        else {"hourglass_max_channels": 64, "feature_channels": 64, "audio_channels": 32, "encoder_channels": 16}
+    )
     model = DisCoHead.from_variant(variant, image_size=size, **narrow)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     source, head_driver, eye_driver, audio = inputs(2, size)

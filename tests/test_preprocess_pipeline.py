@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXPECTED_OUTCOMES, REPO_ROOT, S3_SECRET, repo_env, venv_binary
 from discohead.contracts import MANIFEST_NAME
 from discohead.data.shards import COMMITS_DIR, iter_shard, iter_split
 from discohead.manifest import Manifest
+
+from conftest import EXPECTED_OUTCOMES, REPO_ROOT, S3_SECRET, repo_env, venv_binary
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,12 @@ FAST = ["--image-size", "64", "--landmarks", "dlib"]
 
 def preprocess(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=REPO_ROOT, env=env or repo_env(), capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(SCRIPT), *args],
+        cwd=REPO_ROOT,
+        env=env or repo_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -47,7 +53,9 @@ def s3_env(s3_server, with_endpoint: bool = True) -> dict[str, str]:
 def test_direct_run_records_every_input_and_resumes(synthetic_media, tmp_path):
     media = next(iter(synthetic_media.values())).parent
     dest = tmp_path / "prepared"
-    first = preprocess("--input", str(media), "--input", str(tmp_path / "nowhere" / "*.mp4"), "--output", str(dest), *FAST)
+    first = preprocess(
+        "--input", str(media), "--input", str(tmp_path / "nowhere" / "*.mp4"), "--output", str(dest), *FAST
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     manifest = Manifest.read(str(dest))
     outcomes = outcome_by_file(manifest)
@@ -70,7 +78,15 @@ def test_direct_run_records_every_input_and_resumes(synthetic_media, tmp_path):
 
 def test_no_usable_clip_exits_non_zero_with_a_message(synthetic_media, tmp_path):
     dest = tmp_path / "prepared"
-    result = preprocess("--input", str(synthetic_media["zero_bytes.mp4"]), "--input", str(synthetic_media["not_a_video.mp4"]), "--output", str(dest), *FAST)
+    result = preprocess(
+        "--input",
+        str(synthetic_media["zero_bytes.mp4"]),
+        "--input",
+        str(synthetic_media["not_a_video.mp4"]),
+        "--output",
+        str(dest),
+        *FAST,
+    )
     assert result.returncode == 1 and "no clip was written" in result.stderr and "Traceback" not in result.stderr
     assert Manifest.read(str(dest)).totals.skipped_by_reason == {"empty_file": 1, "not_a_video": 1}
 
@@ -86,7 +102,9 @@ def check_s3_output(s3_server, bucket: str, expected_ok: int) -> dict:
     options = s3_server.storage_options
     manifest = Manifest.read(f"s3://{bucket}/prepared", options)
     assert manifest.totals.clips == expected_ok
-    samples = list(iter_split(f"s3://{bucket}/prepared", "train", options)) + list(iter_split(f"s3://{bucket}/prepared", "test", options))
+    samples = list(iter_split(f"s3://{bucket}/prepared", "train", options)) + list(
+        iter_split(f"s3://{bucket}/prepared", "test", options)
+    )
     assert len(samples) == sum(sum(clip.chunks.values()) for clip in manifest.clips)
     assert S3_SECRET not in json.dumps(manifest.to_json())
     return manifest
@@ -101,7 +119,9 @@ def test_direct_run_on_s3_with_endpoint_flag(s3_server, synthetic_media):
     assert result.returncode == 0, result.stderr[-3000:]
     assert S3_SECRET not in result.stdout + result.stderr
     manifest = check_s3_output(s3_server, "direct", expected_ok=2)
-    assert manifest.skipped[0].reason == "no_audio_stream" and manifest.skipped[0].source == "s3://direct/raw/no_audio.mp4"
+    assert (
+        manifest.skipped[0].reason == "no_audio_stream" and manifest.skipped[0].source == "s3://direct/raw/no_audio.mp4"
+    )
 
 
 def test_ray_job_submit_on_s3(ray_head, s3_server, synthetic_media):
@@ -120,7 +140,13 @@ def test_ray_job_submit_on_s3(ray_head, s3_server, synthetic_media):
 def test_ray_job_submit_is_refused_without_the_token(ray_head):
     env = {key: value for key, value in ray_head.client_env.items() if not key.startswith("RAY_AUTH")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="not-the-token")
-    result = subprocess.run([venv_binary("ray"), "job", "list", "--address", ray_head.dashboard], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [venv_binary("ray"), "job", "list", "--address", ray_head.dashboard],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
 
 
@@ -138,8 +164,27 @@ def test_killed_halfway_then_rerun_stores_each_clip_exactly_once(synthetic_media
     for copy in range(8):
         shutil.copy(synthetic_media["good_a.mp4" if copy % 2 else "good_b.mp4"], media / f"take{copy}.mp4")
     dest = tmp_path / "prepared"
-    args = [sys.executable, str(SCRIPT), "--input", str(media), "--output", str(dest), *FAST, "--workers", "1", "--shard-size-mb", "0.001"]
-    process = subprocess.Popen(args, cwd=REPO_ROOT, env=repo_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        sys.executable,
+        str(SCRIPT),
+        "--input",
+        str(media),
+        "--output",
+        str(dest),
+        *FAST,
+        "--workers",
+        "1",
+        "--shard-size-mb",
+        "0.001",
+    ]
+    process = subprocess.Popen(
+        args,
+        cwd=REPO_ROOT,
+        env=repo_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and len(list((dest / COMMITS_DIR).glob("*.json"))) < 2:

@@ -37,7 +37,9 @@ def shards(tmp_path_factory) -> str:
 def train(*arguments: str, mlflow_uri: str, cwd: Path, timeout: float = 420) -> subprocess.CompletedProcess:
     env = repo_env(MLFLOW_TRACKING_URI=mlflow_uri, PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, str(SCRIPT), *arguments], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *arguments], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def mlflow_runs(uri: str, experiment: str) -> list:
@@ -84,15 +86,25 @@ def test_two_workers_train_on_different_samples(shards, mlflow_server, tmp_path)
 
     from discohead.tracking import load_model
 
-    for ref in (run.info.run_id, f"runs:/{run.info.run_id}", "models:/two-workers-model/1", "models:/two-workers-model@candidate"):
+    for ref in (
+        run.info.run_id,
+        f"runs:/{run.info.run_id}",
+        "models:/two-workers-model/1",
+        "models:/two-workers-model@candidate",
+    ):
         assert load_model(ref, mlflow_server).config.variant == "affine-nm", ref
     mlflow.set_tracking_uri(mlflow_server)
     pyfunc = mlflow.pyfunc.load_model("models:/two-workers-model@candidate")
-    inputs = {name: spec.shape for name, spec in zip(pyfunc.metadata.signature.inputs.input_names(), pyfunc.metadata.signature.inputs.inputs)}
+    inputs = {
+        name: spec.shape
+        for name, spec in zip(pyfunc.metadata.signature.inputs.input_names(), pyfunc.metadata.signature.inputs.inputs)
+    }
     assert inputs["source"] == (-1, 3, 32, 32) and inputs["audio"] == (-1, 80, 40)
     example = {name: np.zeros((2, *shape[1:]), np.float32) for name, shape in inputs.items()}
     assert pyfunc.predict(example).shape == (2, 3, 32, 32)
-    model_files = mlflow.artifacts.download_artifacts("models:/two-workers-model/1", dst_path=str(tmp_path / "model"), tracking_uri=mlflow_server)
+    model_files = mlflow.artifacts.download_artifacts(
+        "models:/two-workers-model/1", dst_path=str(tmp_path / "model"), tracking_uri=mlflow_server
+    )
     assert (Path(model_files) / "code" / "discohead" / "model.py").exists(), "the model carries the project's code"
 
 
@@ -106,12 +118,21 @@ def test_all_variants_give_four_comparable_runs(shards, mlflow_server, tmp_path)
     runs = mlflow_runs(mlflow_server, "all-variants")
     (parent,) = [run for run in runs if run.data.tags["discohead.variant"] == "all"]
     children = [run for run in runs if run is not parent]
-    assert sorted(run.data.tags["discohead.variant"] for run in children) == ["affine-dm", "affine-nm", "tps-dm", "tps-nm"]
-    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}, "one launch, grouped in the UI"
+    assert sorted(run.data.tags["discohead.variant"] for run in children) == [
+        "affine-dm",
+        "affine-nm",
+        "tps-dm",
+        "tps-nm",
+    ]
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}, (
+        "one launch, grouped in the UI"
+    )
     assert {run.info.status for run in runs} == {"FINISHED"}
     metric_keys = {frozenset(run.data.metrics) for run in children}
     assert len(metric_keys) == 1, f"runs differ in metric names: {metric_keys}"
-    assert {"loss_total", "loss_l1", "psnr", "ssim", "samples_per_second", "eta_seconds"} <= set(next(iter(metric_keys)))
+    assert {"loss_total", "loss_l1", "psnr", "ssim", "samples_per_second", "eta_seconds"} <= set(
+        next(iter(metric_keys))
+    )
 
 
 def test_loss_decreases_and_resume_continues_the_step_count(shards, mlflow_server, tmp_path):
@@ -136,7 +157,9 @@ def test_loss_decreases_and_resume_continues_the_step_count(shards, mlflow_serve
     import torch
 
     saved = torch.load(checkpoints[-1] / "discohead.pt", weights_only=True)["train_config"]
-    assert saved["max_steps"] == 40 and saved["lr"] == 1e-3, "--resume kept the saved config and took the new --max-steps"
+    assert saved["max_steps"] == 40 and saved["lr"] == 1e-3, (
+        "--resume kept the saved config and took the new --max-steps"
+    )
     params = run.data.params
     assert set(saved) - {"model_options"} <= set(params) and params["lr"] == "0.001" and params["max_steps"] == "20"
 
@@ -174,12 +197,18 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(sha
     ]  # fmt: skip
     log_path = tmp_path / "train.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             # Wait until Ray Train's controller has registered a checkpoint (it writes its
             # snapshot then); a report reaches it up to a health-check interval after the
             # checkpoint's files are written.
-            wait_until(lambda: any(storage.glob("*/checkpoint_manager_snapshot.json")) or process.poll() is not None, 300, "a registered checkpoint")
+            wait_until(
+                lambda: any(storage.glob("*/checkpoint_manager_snapshot.json")) or process.poll() is not None,
+                300,
+                "a registered checkpoint",
+            )
             assert process.poll() is None, log_path.read_text()[-3000:]
             pids = train_worker_pids(process.pid)
             assert pids, "no Ray Train worker process found"
@@ -228,7 +257,15 @@ def test_incompatible_shard_format_and_unknown_variant_are_refused(shards, tmp_p
     assert "shard format 0" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / "manifest.json").write_text(json.dumps({**manifest, "shards": {"train": [], "test": []}, "totals": {**manifest["totals"], "chunks": {"train": 0, "test": 0}}}))
+    (empty / "manifest.json").write_text(
+        json.dumps(
+            {
+                **manifest,
+                "shards": {"train": [], "test": []},
+                "totals": {**manifest["totals"], "chunks": {"train": 0, "test": 0}},
+            }
+        )
+    )
     assert train_job.main(["--variant", "affine-nm", "--data", str(empty)]) == 2
     assert "has no training shards" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
@@ -242,7 +279,9 @@ def test_ray_job_submit_with_s3_shards_and_checkpoints(ray_head, s3_server, mlfl
 
     filesystem = s3_server.filesystem()
     filesystem.mkdir("training")
-    write_synthetic_shards("s3://training/shards", clips=2, frames_per_clip=100, image_size=32, storage_options=s3_server.storage_options)
+    write_synthetic_shards(
+        "s3://training/shards", clips=2, frames_per_clip=100, image_size=32, storage_options=s3_server.storage_options
+    )
     runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server}})
     command = [
         venv_binary("ray"), "job", "submit", "--address", ray_head.dashboard, "--runtime-env-json", runtime_env, "--",

@@ -5,7 +5,15 @@ import torch
 from discohead import DisCoHead
 from discohead.contracts import MEL
 from discohead.losses import DisCoHeadLoss
-from discohead.training import comparison_grid, draw_pairs, evaluate_batch, format_eta, model_inputs, pair_batches, train_step
+from discohead.training import (
+    comparison_grid,
+    draw_pairs,
+    evaluate_batch,
+    format_eta,
+    model_inputs,
+    pair_batches,
+    train_step,
+)
 
 
 def chunk(frames: int = 6, size: int = 32, offset: int = 0) -> dict[str, np.ndarray]:
@@ -13,7 +21,9 @@ def chunk(frames: int = 6, size: int = 32, offset: int = 0) -> dict[str, np.ndar
     values = (offset + np.arange(frames, dtype=np.uint8))[:, None, None, None]
     return {
         "frames": np.broadcast_to(values, (frames, size, size, 3)).copy(),
-        "mel": np.broadcast_to(np.arange(frames, dtype=np.float16)[:, None, None], (frames, MEL.n_mels, MEL.window_frames)).copy(),
+        "mel": np.broadcast_to(
+            np.arange(frames, dtype=np.float16)[:, None, None], (frames, MEL.n_mels, MEL.window_frames)
+        ).copy(),
         "eye_boxes": np.tile(np.array([[0.25, 0.25, 0.75, 0.5]], dtype=np.float32), (frames, 1)),
     }
 
@@ -50,9 +60,21 @@ def test_train_steps_reduce_the_loss_on_a_fixed_batch():
     rng = np.random.default_rng(0)
     # Smooth frames (blocky noise) that a few steps can start to fit.
     frames = np.repeat(np.repeat(rng.integers(0, 255, size=(4, 4, 4, 3), dtype=np.uint8), 8, axis=1), 8, axis=2)
-    pairs = {"source": frames, "driver": frames[::-1].copy(), "mel": rng.normal(size=(4, 80, 40)).astype(np.float16), "eye_box": np.tile([0.2, 0.2, 0.8, 0.5], (4, 1)).astype(np.float32)}
+    pairs = {
+        "source": frames,
+        "driver": frames[::-1].copy(),
+        "mel": rng.normal(size=(4, 80, 40)).astype(np.float16),
+        "eye_box": np.tile([0.2, 0.2, 0.8, 0.5], (4, 1)).astype(np.float32),
+    }
     inputs = model_inputs(pairs, image_size=32)
-    model = DisCoHead.from_variant("affine-nm", image_size=32, hourglass_max_channels=64, feature_channels=64, audio_channels=32, encoder_channels=16)
+    model = DisCoHead.from_variant(
+        "affine-nm",
+        image_size=32,
+        hourglass_max_channels=64,
+        feature_channels=64,
+        audio_channels=32,
+        encoder_channels=16,
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = DisCoHeadLoss(perceptual_weight=0)
     losses = [train_step(model, loss_fn, optimizer, inputs)["total"] for _ in range(20)]
@@ -79,3 +101,45 @@ def test_pair_batches_have_the_requested_size_and_drop_the_remainder():
     drivers = np.concatenate([batch["driver"][:, 0, 0, 0] for batch in batches])
     assert set(drivers // 10) <= {0, 1, 2}
 
+
+def test_fit_trains_and_resumes_from_its_checkpoint_without_ray():
+    import dataclasses
+
+    from discohead.data.synthetic_shards import synthetic_chunks
+    from discohead.train_config import TrainConfig
+    from discohead.training import Reporter, fit, in_memory_chunks
+
+    class Recorder(Reporter):
+        def __init__(self):
+            self.losses, self.checkpoints, self.keys = {}, {}, []
+
+        def log(self, step, metrics):
+            self.losses[step] = metrics["loss_total"]
+
+        def checkpoint(self, step, checkpoint, metrics):
+            self.checkpoints[step] = checkpoint
+
+        def chunks_seen(self, keys):
+            self.keys += keys
+
+    chunks = synthetic_chunks(clips=2, frames_per_clip=20, image_size=32, chunk_frames=10)
+    config = TrainConfig(
+        variant="affine-nm", data="synthetic", image_size=32, widths="tiny", perceptual_weight=0, batch_size=4, pairs_per_chunk=2,
+        lr=1e-3, max_steps=4, log_every=1, checkpoint_every=2,
+    )  # fmt: skip
+    first = Recorder()
+    fit(config, in_memory_chunks(chunks, config.chunks_per_fetch), first)
+    assert sorted(first.losses) == [1, 2, 3, 4] and sorted(first.checkpoints) == [2, 4]
+    assert sorted(first.keys) == sorted(chunk["key"] for chunk in chunks), "one pass reads every chunk once"
+    state = first.checkpoints[2]
+    assert (state["step"], state["epoch"], state["batches_in_epoch"]) == (2, 0, 2) and state["optimizer"]["state"]
+
+    resumed = Recorder()
+    fit(
+        dataclasses.replace(config, max_steps=6),
+        in_memory_chunks(chunks, config.chunks_per_fetch),
+        resumed,
+        checkpoint=first.checkpoints[4],
+    )
+    assert sorted(resumed.losses) == [5, 6], "the step count continues"
+    assert resumed.checkpoints[6]["epoch"] == 1

@@ -121,11 +121,17 @@ def process_clip(
         return _skip(record, error.reason, error.detail)
 
 
-def _process(path: Path, record: ClipRecord, backend: LandmarkBackend, config: ClipConfig, split: str | None) -> ClipResult:
+def _process(
+    path: Path, record: ClipRecord, backend: LandmarkBackend, config: ClipConfig, split: str | None
+) -> ClipResult:
     sample_rate = config.mel.sample_rate
     info, waveform = probe_and_decode_audio(path, sample_rate, config.max_seconds)
     if not info.has_video:
-        return _skip(record, "no_video_stream", f"only an audio stream ({info.audio_codec})" if info.has_audio else "no stream ffmpeg can decode")
+        return _skip(
+            record,
+            "no_video_stream",
+            f"only an audio stream ({info.audio_codec})" if info.has_audio else "no stream ffmpeg can decode",
+        )
     if info.duration is not None and info.duration > config.max_seconds:
         return _skip(record, "too_long", f"{info.duration:.1f}s > --max-seconds {config.max_seconds:g}")
     notes = record.notes
@@ -149,7 +155,11 @@ def _process(path: Path, record: ClipRecord, backend: LandmarkBackend, config: C
     crop_width, crop_height = scaled_size(info.width, info.height, config.max_frame_side)
     detect_width, detect_height = scaled_size(info.width, info.height, config.detect_max_side)
     expected_bytes = (info.duration or config.max_seconds) * config.fps * crop_width * crop_height * 3
-    kept: list[np.ndarray] | None = [] if (crop_width, crop_height) == (detect_width, detect_height) and expected_bytes <= KEEP_FRAMES_BYTES else None
+    kept: list[np.ndarray] | None = (
+        []
+        if (crop_width, crop_height) == (detect_width, detect_height) and expected_bytes <= KEEP_FRAMES_BYTES
+        else None
+    )
     track = track_largest_face(
         _keeping(iter_video_frames(path, config.fps, detect_width, detect_height), kept),
         backend,
@@ -159,7 +169,9 @@ def _process(path: Path, record: ClipRecord, backend: LandmarkBackend, config: C
     decoded = len(track)
     record.decoded_frames = decoded
     if info.duration and decoded < 0.9 * info.duration * config.fps - 2:
-        return _skip(record, "corrupt", f"decoded only {decoded} of about {info.duration * config.fps:.0f} frames (truncated?)")
+        return _skip(
+            record, "corrupt", f"decoded only {decoded} of about {info.duration * config.fps:.0f} frames (truncated?)"
+        )
     if waveform is None:
         waveform = np.zeros(int(round(decoded / config.fps * sample_rate)), np.float32)
     num_frames, waveform, note = reconcile_lengths(decoded, waveform, config.fps, sample_rate, config.audio_tolerance_s)
@@ -221,7 +233,14 @@ def _process(path: Path, record: ClipRecord, backend: LandmarkBackend, config: C
         samples.append(
             (
                 chunk_split,
-                encode_sample(f"{record.clip_id}_{chunk:04d}", crops[window], mel[window], crop_landmarks[window], eye_boxes[window], meta),
+                encode_sample(
+                    f"{record.clip_id}_{chunk:04d}",
+                    crops[window],
+                    mel[window],
+                    crop_landmarks[window],
+                    eye_boxes[window],
+                    meta,
+                ),
             )
         )
     record.frames = num_chunks * chunk_frames

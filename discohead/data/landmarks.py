@@ -62,7 +62,9 @@ class DlibLandmarks:
             import dlib
             import face_recognition_models
         except ImportError as error:
-            raise BackendUnavailable(f"dlib: {error.name} is not installed (pip install dlib-bin face-recognition-models)") from None
+            raise BackendUnavailable(
+                f"dlib: {error.name} is not installed (pip install dlib-bin face-recognition-models)"
+            ) from None
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
         self._upsample = upsample

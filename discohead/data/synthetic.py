@@ -53,24 +53,60 @@ def speech_like_audio(seconds: float, sample_rate: int, seed: int) -> tuple[np.n
     return (0.3 * envelope * tone).astype(np.float32), envelope.astype(np.float32)
 
 
-def draw_face(draw: ImageDraw.ImageDraw, centre_x: float, centre_y: float, height: float, mouth_open: float, eyes_open: float) -> None:
+def draw_face(
+    draw: ImageDraw.ImageDraw, centre_x: float, centre_y: float, height: float, mouth_open: float, eyes_open: float
+) -> None:
     """A frontal cartoon face whose proportions dlib's detector accepts."""
     width = height * 0.78
     skin, hair, dark = (225, 180, 150), (60, 40, 30), (40, 30, 30)
-    draw.ellipse([centre_x - width * 0.55, centre_y - height * 0.525, centre_x + width * 0.55, centre_y + height * 0.5], fill=skin)
-    draw.chord([centre_x - width * 0.575, centre_y - height * 0.575, centre_x + width * 0.575, centre_y + height * 0.1], 180, 360, fill=hair)
-    draw.ellipse([centre_x - width * 0.55, centre_y - height * 0.375, centre_x + width * 0.55, centre_y + height * 0.5], fill=skin)
+    draw.ellipse(
+        [centre_x - width * 0.55, centre_y - height * 0.525, centre_x + width * 0.55, centre_y + height * 0.5],
+        fill=skin,
+    )
+    draw.chord(
+        [centre_x - width * 0.575, centre_y - height * 0.575, centre_x + width * 0.575, centre_y + height * 0.1],
+        180,
+        360,
+        fill=hair,
+    )
+    draw.ellipse(
+        [centre_x - width * 0.55, centre_y - height * 0.375, centre_x + width * 0.55, centre_y + height * 0.5],
+        fill=skin,
+    )
     eye_y = centre_y - height * 0.08
     for side in (-1, 1):
         eye_x = centre_x + side * width * 0.22
         half_height = height * 0.04 * max(eyes_open, 0.15)
-        draw.ellipse([eye_x - width * 0.11, eye_y - half_height, eye_x + width * 0.11, eye_y + half_height], fill=(250, 250, 250))
-        draw.ellipse([eye_x - width * 0.045, eye_y - half_height, eye_x + width * 0.045, eye_y + half_height], fill=dark)
-        draw.line([eye_x - width * 0.14, eye_y - height * 0.11, eye_x + width * 0.14, eye_y - height * 0.12], fill=hair, width=max(2, int(width / 25)))
-    draw.polygon([(centre_x, eye_y + height * 0.02), (centre_x - width * 0.08, centre_y + height * 0.14), (centre_x + width * 0.08, centre_y + height * 0.14)], fill=(200, 150, 125))
+        draw.ellipse(
+            [eye_x - width * 0.11, eye_y - half_height, eye_x + width * 0.11, eye_y + half_height], fill=(250, 250, 250)
+        )
+        draw.ellipse(
+            [eye_x - width * 0.045, eye_y - half_height, eye_x + width * 0.045, eye_y + half_height], fill=dark
+        )
+        draw.line(
+            [eye_x - width * 0.14, eye_y - height * 0.11, eye_x + width * 0.14, eye_y - height * 0.12],
+            fill=hair,
+            width=max(2, int(width / 25)),
+        )
+    draw.polygon(
+        [
+            (centre_x, eye_y + height * 0.02),
+            (centre_x - width * 0.08, centre_y + height * 0.14),
+            (centre_x + width * 0.08, centre_y + height * 0.14),
+        ],
+        fill=(200, 150, 125),
+    )
     mouth_y, mouth_half_width = centre_y + height * 0.27, width * 0.24
     mouth_half_height = height * (0.02 + 0.05 * mouth_open)
-    draw.ellipse([centre_x - mouth_half_width, mouth_y - mouth_half_height, centre_x + mouth_half_width, mouth_y + mouth_half_height], fill=(120, 40, 50))
+    draw.ellipse(
+        [
+            centre_x - mouth_half_width,
+            mouth_y - mouth_half_height,
+            centre_x + mouth_half_width,
+            mouth_y + mouth_half_height,
+        ],
+        fill=(120, 40, 50),
+    )
 
 
 def render_frames(clip: SyntheticClip, envelope: np.ndarray) -> np.ndarray:
@@ -90,7 +126,14 @@ def render_frames(clip: SyntheticClip, envelope: np.ndarray) -> np.ndarray:
             offset = (face - (clip.faces - 1) / 2) * clip.width / max(clip.faces, 1)
             size = clip.face_height * (1.0 if face == 0 else 0.94)
             motion = 4 * sway * clip.face_height / FACE_HEIGHT
-            draw_face(draw, clip.width / 2 + offset + motion, clip.height / 2 + motion / 2, size, mouth, 0.1 if index in blink_frames else 1.0)
+            draw_face(
+                draw,
+                clip.width / 2 + offset + motion,
+                clip.height / 2 + motion / 2,
+                size,
+                mouth,
+                0.1 if index in blink_frames else 1.0,
+            )
         frames[index] = np.asarray(image.filter(ImageFilter.GaussianBlur(2.0 * clip.face_height / FACE_HEIGHT)))
     return frames
 
@@ -121,7 +164,9 @@ def write_synthetic_video(path: str | Path, clip: SyntheticClip = SyntheticClip(
     if audio_seconds < clip.seconds:
         envelope = np.pad(envelope, (0, int(round((clip.seconds - audio_seconds) * clip.sample_rate))))
     frames = render_frames(clip, envelope)
-    video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{clip.width}x{clip.height}", framerate=clip.fps)
+    video = ffmpeg.input(
+        "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{clip.width}x{clip.height}", framerate=clip.fps
+    )
     with tempfile.TemporaryDirectory() as scratch:
         streams = [video]
         audio_options = {}
@@ -131,7 +176,16 @@ def write_synthetic_video(path: str | Path, clip: SyntheticClip = SyntheticClip(
             streams.append(ffmpeg.input(str(wav)))
             audio_options = {"acodec": "aac", "ar": 44_100}
         (
-            ffmpeg.output(*streams, str(path), vcodec="libx264", pix_fmt="yuv420p", preset="veryfast", crf=18, movflags="+faststart", **audio_options)
+            ffmpeg.output(
+                *streams,
+                str(path),
+                vcodec="libx264",
+                pix_fmt="yuv420p",
+                preset="veryfast",
+                crf=18,
+                movflags="+faststart",
+                **audio_options,
+            )
             .global_args("-nostdin", "-v", "error")
             .overwrite_output()
             .run(cmd=ffmpeg_executable(), input=frames.tobytes(), capture_stdout=True, capture_stderr=True)

@@ -51,7 +51,9 @@ def synthetic_clip(frames: int, image_size: int, rng: np.random.Generator) -> di
     return {"frames": video, "mel": mel.astype(np.float16), "eye_boxes": np.clip(eye_boxes, 0, 1)}
 
 
-def synthetic_chunks(clips: int, frames_per_clip: int, image_size: int, chunk_frames: int = CHUNK_FRAMES, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def synthetic_chunks(
+    clips: int, frames_per_clip: int, image_size: int, chunk_frames: int = CHUNK_FRAMES, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
     """Synthetic clips cut into chunks with the columns training reads (``key``, ``frames``, ``mel``, ``eye_boxes``)."""
     rng = np.random.default_rng(seed)
     chunks = []
@@ -59,7 +61,12 @@ def synthetic_chunks(clips: int, frames_per_clip: int, image_size: int, chunk_fr
         clip = synthetic_clip(frames_per_clip, image_size, rng)
         for chunk in range(frames_per_clip // chunk_frames):
             part = slice(chunk * chunk_frames, (chunk + 1) * chunk_frames)
-            chunks.append({"key": f"synthetic-{seed}-{index:03d}-{chunk:05d}", **{name: clip[name][part] for name in ("frames", "mel", "eye_boxes")}})
+            chunks.append(
+                {
+                    "key": f"synthetic-{seed}-{index:03d}-{chunk:05d}",
+                    **{name: clip[name][part] for name in ("frames", "mel", "eye_boxes")},
+                }
+            )
     return chunks
 
 
@@ -82,15 +89,36 @@ def write_synthetic_shards(
     for index in range(clips):
         clip_id = f"synthetic-{seed}-{index:03d}"
         clip = synthetic_clip(frames_per_clip, image_size, rng)
-        record = ClipRecord(clip_id=clip_id, source=f"synthetic://{clip_id}", status="ok", frames=frames_per_clip, fps=float(FPS))
+        record = ClipRecord(
+            clip_id=clip_id, source=f"synthetic://{clip_id}", status="ok", frames=frames_per_clip, fps=float(FPS)
+        )
         count = frames_per_clip // chunk_frames
         samples = []
         for chunk in range(count):
             part = slice(chunk * chunk_frames, (chunk + 1) * chunk_frames)
             split = "test" if chunk == count - 1 and count > 1 else "train"
             landmarks = np.zeros((chunk_frames, 68, 2), dtype=np.float32)
-            meta = {"clip_id": clip_id, "source": record.source, "chunk": chunk, "first_frame": chunk * chunk_frames, "fps": FPS, "image_size": image_size}
-            samples.append((split, encode_sample(f"{clip_id}-{chunk:05d}", clip["frames"][part], clip["mel"][part], landmarks, clip["eye_boxes"][part], meta)))
+            meta = {
+                "clip_id": clip_id,
+                "source": record.source,
+                "chunk": chunk,
+                "first_frame": chunk * chunk_frames,
+                "fps": FPS,
+                "image_size": image_size,
+            }
+            samples.append(
+                (
+                    split,
+                    encode_sample(
+                        f"{clip_id}-{chunk:05d}",
+                        clip["frames"][part],
+                        clip["mel"][part],
+                        landmarks,
+                        clip["eye_boxes"][part],
+                        meta,
+                    ),
+                )
+            )
         record.split = "time"
         writer.add_clip(record, samples)
     commit = writer.commit(extra={"config_hash": "synthetic"})

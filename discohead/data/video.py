@@ -134,7 +134,9 @@ def probe_and_decode_audio(
         if max_seconds is not None:
             output_args["t"] = max_seconds + 1
     completed = subprocess.run(
-        stream.output("pipe:", **output_args).global_args("-hide_banner", "-nostdin", "-nostats").compile(cmd=ffmpeg_executable()),
+        stream.output("pipe:", **output_args)
+        .global_args("-hide_banner", "-nostdin", "-nostats")
+        .compile(cmd=ffmpeg_executable()),
         capture_output=True,
         check=False,
     )
@@ -192,7 +194,9 @@ def iter_video_frames(path: str | Path, fps: float, width: int, height: int) -> 
         drainer.join()
     if produced == 0:
         message = b"".join(errors).decode(errors="replace").strip().splitlines()
-        raise MediaError("corrupt", f"no frame could be decoded ({message[-1] if message else 'ffmpeg gave no reason'})")
+        raise MediaError(
+            "corrupt", f"no frame could be decoded ({message[-1] if message else 'ffmpeg gave no reason'})"
+        )
 
 
 def reconcile_lengths(
