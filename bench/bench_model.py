@@ -210,9 +210,15 @@ def main() -> None:
     modulation_table = markdown_table(
         ["affine-dm modulation", "batch", "forward frames/s", "matmul GFLOP/s"], modulation_rows
     )
+    peak_memory = (
+        "max allocated on the GPU"
+        if args.device == "cuda"
+        else "growth of the process peak RSS over its start, weights included"
+    )
     body = (
-        f"`python bench/bench_model.py` at {args.image_size}x{args.image_size} on {args.device}, median of {args.repeats} runs per case, each case in its own process"
-        f" (peak memory: {'max allocated on the GPU' if args.device == 'cuda' else 'growth of the process peak RSS over its start, weights included'}).\n\n"
+        f"`python bench/bench_model.py` at {args.image_size}x{args.image_size} on {args.device}, "
+        f"median of {args.repeats} runs per case, each case in its own process"
+        f" (peak memory: {peak_memory}).\n\n"
         f"{size_table}\n\n{speed_table}\n\n{modulation_table}\n"
     )
     print("\n" + body)

@@ -125,9 +125,11 @@ def main() -> int:
                     run = run_job(inputs, Path(scratch) / "out", workers, cores, args.image_size)
                     measurements[mode][workers].append(run)
                     print(f"repeat {repeat + 1}/{args.repeats}, {mode}, {workers} worker(s) on {len(cores)} core(s): "
-                          f"{run['decoded_frames']} frames in {run['process_seconds']:.1f}s = {run['fps']:.1f} frames/s end to end, "
+                          f"{run['decoded_frames']} frames in {run['process_seconds']:.1f}s = "
+                          f"{run['fps']:.1f} frames/s end to end, "
                           f"{run['steady_fps']:.1f} while clips were processed (wall {run['wall_seconds']:.1f}s, "
-                          f"{run['busy_cores']:.2f} cores busy, load {run['load_before']:.1f} before)", flush=True)  # fmt: skip
+                          f"{run['busy_cores']:.2f} cores busy, load {run['load_before']:.1f} before)",
+                          flush=True)  # fmt: skip
 
     first = next(iter(measurements.values()))[1][0]
     rows, verdicts = [], []
@@ -135,7 +137,8 @@ def main() -> int:
         for workers in WORKERS:
             cores = len(cores_for[mode, workers])
             rows.append([
-                mode, workers, cores, f"{median(runs[workers], 'fps'):.1f}", f"{median(runs[workers], 'fps') / cores:.1f}",
+                mode, workers, cores,
+                f"{median(runs[workers], 'fps'):.1f}", f"{median(runs[workers], 'fps') / cores:.1f}",
                 f"{median(runs[workers], 'steady_fps'):.1f}", f"{median(runs[workers], 'busy_worker_fps'):.1f}",
                 f"{median(runs[workers], 'wall_seconds'):.1f}", f"{median(runs[workers], 'busy_cores'):.2f}",
             ])  # fmt: skip
@@ -149,8 +152,10 @@ def main() -> int:
     per_core = [median(runs[1], "fps") / len(cores_for[mode, 1]) for mode, runs in measurements.items()]
     loads = [run["load_before"] for runs in measurements.values() for mode_runs in runs.values() for run in mode_runs]
     body = "\n".join([
-        f"`python bench/bench_preprocess.py`: GRID 360x288 -> {args.image_size}px crops, dlib landmarks, ray {ray.__version__}. "
-        f"{len(clips)} GRID clips x {args.copies} copies = {first['decoded_frames']} input frames per run ({first['processed_frames']} "
+        f"`python bench/bench_preprocess.py`: GRID 360x288 -> {args.image_size}px crops, dlib landmarks, "
+        f"ray {ray.__version__}. "
+        f"{len(clips)} GRID clips x {args.copies} copies = {first['decoded_frames']} input frames per run "
+        f"({first['processed_frames']} "
         f"stored: whole {CHUNK_FRAMES}-frame chunks only); medians of {args.repeats} interleaved runs per row.",
         "",
         "pinned: the whole run is confined to as many cores as it has workers (each worker brings one core). "
@@ -167,7 +172,8 @@ def main() -> int:
         *verdicts,
         f"- frames/s per core, one worker: {', '.join(f'{value:.1f}' for value in per_core)} "
         f"(target >= {TARGET_PER_CORE:g}: {'met' if min(per_core) >= TARGET_PER_CORE else 'MISSED'}).",
-        f"- 1-minute load average before the runs: {min(loads):.1f} to {max(loads):.1f} (the previous run's own load decays into it).",
+        f"- 1-minute load average before the runs: {min(loads):.1f} to {max(loads):.1f} "
+        "(the previous run's own load decays into it).",
     ])  # fmt: skip
     print("\n" + body)
     if not args.no_append:

@@ -126,8 +126,10 @@ def throughput(args: argparse.Namespace) -> None:
     ratio = loader / trainer["fp32"]
     table = markdown_table(["stage", "samples/s", "achieved GFLOP/s", "MFU (bf16 peak)"], rows)
     body = (
-        f"`python bench/bench_train.py throughput`: affine-nm at {args.image_size} px, full widths, batch {args.batch_size} per worker, "
-        f"L1 loss, {device}; fp32 matmul {matmul:.0f} GFLOP/s in the same run. Loader: {args.pairs_per_chunk} pairs per chunk, "
+        f"`python bench/bench_train.py throughput`: affine-nm at {args.image_size} px, full widths, "
+        f"batch {args.batch_size} per worker, "
+        f"L1 loss, {device}; fp32 matmul {matmul:.0f} GFLOP/s in the same run. "
+        f"Loader: {args.pairs_per_chunk} pairs per chunk, "
         f"{'synthetic shards' if not args.data else args.data}.\n\n{table}\n\n"
         f"Loader / trainer: {ratio:.1f}x (target >= 3x: {'met' if ratio >= 3 else 'MISSED'}).\n"
     )
@@ -151,12 +153,16 @@ def learning(args: argparse.Namespace) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
     env.pop("RAY_ADDRESS", None)
     if not (data / "manifest.json").exists():
-        run([sys.executable, str(REPO_ROOT / "pipelines" / "preprocess.py"), "--input", str(GRID), "--output", str(data), "--image-size", str(args.image_size),
-             "--landmarks", "dlib", "--split-mode", "time", "--chunk-frames", str(args.chunk_frames)], env=env)  # fmt: skip
+        run([sys.executable, str(REPO_ROOT / "pipelines" / "preprocess.py"),
+             "--input", str(GRID), "--output", str(data), "--image-size", str(args.image_size),
+             "--landmarks", "dlib", "--split-mode", "time", "--chunk-frames", str(args.chunk_frames)],
+            env=env)  # fmt: skip
     manifest = Manifest.read(str(data))
     widths = [f"--model-option={option}" for option in args.model_option]
-    common = [sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), "--variant", "affine-nm", "--data", str(data), "--batch-size", str(args.batch_size),
-              "--lr", str(args.lr), "--perceptual-weight", "0", "--pairs-per-chunk", "4", "--storage", str(storage), "--experiment", "learning",
+    common = [sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), "--variant", "affine-nm",
+              "--data", str(data), "--batch-size", str(args.batch_size),
+              "--lr", str(args.lr), "--perceptual-weight", "0", "--pairs-per-chunk", "4",
+              "--storage", str(storage), "--experiment", "learning",
               "--cpus-per-worker", str(os.cpu_count()), *widths]  # fmt: skip
 
     # Calibrate: the steady step time from the run's own samples/s, then spend the budget
@@ -172,7 +178,8 @@ def learning(args: argparse.Namespace) -> None:
     seconds_per_step = args.batch_size / samples_per_second
     steps = 30 + max(10, int((args.minutes * 60 - 2 * calibration) / seconds_per_step))
     print(
-        f"[learning] calibration: {seconds_per_step:.2f} s/step steady, {calibration:.0f}s for 30 steps with start-up; training to step {steps}",
+        f"[learning] calibration: {seconds_per_step:.2f} s/step steady, "
+        f"{calibration:.0f}s for 30 steps with start-up; training to step {steps}",
         flush=True,
     )
     started = time.perf_counter()
@@ -198,9 +205,12 @@ def learning(args: argparse.Namespace) -> None:
     table = markdown_table(["on the GRID test split", "PSNR (dB)", "SSIM"], rows)
     options = ", ".join(args.model_option) or "paper widths"
     body = (
-        f"`python bench/bench_train.py learning`: ../shared/data/grid (8 clips) preprocessed at {args.image_size} px with dlib landmarks, "
-        f"split by time ({args.chunk_frames}-frame chunks: first 80% of each clip trains, last 20% tests; {manifest.totals.chunks}). "
-        f"affine-nm, {options}, batch {args.batch_size}, Adam {args.lr:g}, L1 only (no VGG weights offline), one worker with all {os.cpu_count()} CPUs, {steps} steps in {minutes:.1f} min "
+        f"`python bench/bench_train.py learning`: ../shared/data/grid (8 clips) preprocessed at {args.image_size} px "
+        "with dlib landmarks, "
+        f"split by time ({args.chunk_frames}-frame chunks: first 80% of each clip trains, last 20% tests; "
+        f"{manifest.totals.chunks}). "
+        f"affine-nm, {options}, batch {args.batch_size}, Adam {args.lr:g}, L1 only (no VGG weights offline), "
+        f"one worker with all {os.cpu_count()} CPUs, {steps} steps in {minutes:.1f} min "
         f"on the training job. Source = each clip's first frame; {scores['frames']} test frames.\n\n{table}\n\n"
         f"Model vs copying the source: {margin:+.2f} dB PSNR (target >= +1 dB: {'met' if margin >= 1 else 'MISSED'}).\n"
     )

@@ -88,7 +88,8 @@ def append_report(title: str, body: str, path: Path = BENCHMARKS_FILE) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         path.write_text(
-            "# Benchmarks\n\nAppended by the scripts in `bench/`; newest last. Medians of repeated runs; ratios are measured in the same run.\n"
+            "# Benchmarks\n\nAppended by the scripts in `bench/`; newest last. "
+            "Medians of repeated runs; ratios are measured in the same run.\n"
         )
     with path.open("a") as handle:
         handle.write(section)

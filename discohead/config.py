@@ -71,7 +71,8 @@ class DisCoHeadConfig:
         minimum = 2 ** (self.encoder_depth + 2)
         if self.image_size % 2**self.encoder_depth or self.image_size < minimum:
             raise ValueError(
-                f"image_size must be a multiple of {2**self.encoder_depth} and at least {minimum}, not {self.image_size}"
+                f"image_size must be a multiple of {2**self.encoder_depth} and at least {minimum}, not "
+                f"{self.image_size}"
             )
 
     @property

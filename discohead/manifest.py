@@ -187,7 +187,8 @@ class Manifest:
         version = values.get("format_version")
         if version != SHARD_FORMAT_VERSION:
             raise ShardFormatError(
-                f"{where} holds shard format {version}, this code reads {SHARD_FORMAT_VERSION}: rerun preprocessing with --overwrite"
+                f"{where} holds shard format {version}, this code reads {SHARD_FORMAT_VERSION}: rerun "
+                "preprocessing with --overwrite"
             )
         settings = dict(values["config"])
         landmarks = settings.pop("landmarks", "unknown")

@@ -109,7 +109,8 @@ class DisCoHead(nn.Module):
         version = checkpoint.get("format_version")
         if version != CHECKPOINT_FORMAT_VERSION:
             raise ValueError(
-                f"checkpoint format {version} is not supported (this version reads {CHECKPOINT_FORMAT_VERSION}); re-export it with a matching discohead"
+                f"checkpoint format {version} is not supported (this version reads {CHECKPOINT_FORMAT_VERSION}); "
+                "re-export it with a matching discohead"
             )
         model = cls(DisCoHeadConfig.from_dict(checkpoint["config"]))
         model.load_state_dict(checkpoint["model"])

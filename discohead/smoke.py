@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     variants = list(VARIANTS) if args.variant == "all" else [args.variant]
     print(
-        f"DisCoHead smoke run: {len(variants)} variant(s), {args.image_size} px, narrow widths, {args.steps} steps, batch {args.batch_size}, synthetic data"
+        f"DisCoHead smoke run: {len(variants)} variant(s), {args.image_size} px, narrow widths, "
+        f"{args.steps} steps, batch {args.batch_size}, synthetic data"
     )
     results = {variant: smoke_fit(variant, args.image_size, args.steps, args.batch_size) for variant in variants}
     print(f"\n{'variant':<10} {'first loss':>10} {'last loss':>10} {'seconds':>8}")

@@ -238,7 +238,8 @@ class MlflowReporter(Reporter):
         self.client.set_terminated(self.run_id, "FINISHED")
         artifacts = self.client.get_run(self.run_id).info.artifact_uri
         print(
-            f"[train {model.config.variant}] done: MLflow run {self.run_id}, model runs:/{self.run_id}/{MODEL_NAME}, artifacts in {artifacts}",
+            f"[train {model.config.variant}] done: MLflow run {self.run_id}, model "
+            f"runs:/{self.run_id}/{MODEL_NAME}, artifacts in {artifacts}",
             flush=True,
         )
 
@@ -299,7 +300,8 @@ def log_model(
 
         MlflowClient(uri).set_registered_model_alias(register, alias, str(info.registered_model_version))
         print(
-            f"[train {model.config.variant}] registered models:/{register}/{info.registered_model_version} (models:/{register}@{alias})",
+            f"[train {model.config.variant}] registered models:/{register}/{info.registered_model_version} "
+            f"(models:/{register}@{alias})",
             flush=True,
         )
     return info
@@ -345,7 +347,8 @@ def load_checkpoint(ref: str, uri: str | None = None, storage_options: dict[str,
         if not fs.exists(path):
             kind = "URL" if is_remote(ref) else "path"
             raise FileNotFoundError(
-                f"{ref}: no such checkpoint {kind}, and not an MLflow reference (run id, runs:/ID, models:/NAME/VERSION, models:/NAME@ALIAS)"
+                f"{ref}: no such checkpoint {kind}, and not an MLflow reference (run id, runs:/ID, "
+                "models:/NAME/VERSION, models:/NAME@ALIAS)"
             )
         if fs.isdir(path):
             path = f"{path}/{CHECKPOINT_FILE}"
@@ -354,7 +357,7 @@ def load_checkpoint(ref: str, uri: str | None = None, storage_options: dict[str,
 
 
 def load_model(ref: str, tracking_uri: str | None = None, map_location: str = "cpu") -> DisCoHead:
-    """A trained model by reference: run id, ``runs:/``, ``models:/NAME/VERSION`` or ``@ALIAS``, checkpoint path or URL."""
+    """A trained model by reference: run id, ``runs:/``, ``models:/NAME/VERSION`` or ``@ALIAS``, checkpoint or URL."""
     from .model import DisCoHead
 
     return DisCoHead.from_checkpoint(load_checkpoint(ref, tracking_uri), map_location=map_location)

@@ -184,7 +184,8 @@ class TrainConfig:
         image_size = self.image_size or manifest.image_size
         if image_size > manifest.image_size:
             raise ValueError(
-                f"--image-size {image_size} is larger than the shards' {manifest.image_size} px: preprocess with --image-size {image_size} or train smaller"
+                f"--image-size {image_size} is larger than the shards' {manifest.image_size} px: preprocess with "
+                f"--image-size {image_size} or train smaller"
             )
         max_steps = self.max_steps
         if max_steps is None:
@@ -207,6 +208,24 @@ class TrainConfig:
             return DisCoHeadConfig.for_variant(variant, **size, **{**WIDTHS[self.widths], **self.model_options})
         except TypeError as error:
             raise ValueError(str(error)) from None
+
+    def check_this_machine(self) -> None:
+        """What this machine must have to run the workers: a GPU for ``--use-gpu``, the VGG-19 weights for the loss."""
+        import torch
+
+        if self.use_gpu and not torch.cuda.is_available():
+            raise ValueError(
+                "--use-gpu was given but this machine has no CUDA GPU: "
+                "drop --use-gpu to train on CPU, or submit to a cluster with GPUs"
+            )
+        if self.perceptual_weight > 0:
+            from .losses import DisCoHeadLoss
+            from .pretrained import PretrainedWeightsUnavailable
+
+            try:
+                DisCoHeadLoss(self.perceptual_weight, self.vgg_weights)
+            except PretrainedWeightsUnavailable as error:
+                raise ValueError(f"{error} (or train with --perceptual-weight 0)") from None
 
     # --- records -------------------------------------------------------------------
 

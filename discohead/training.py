@@ -60,7 +60,7 @@ def training_chunks(row: Mapping[str, Any], storage_options: dict[str, Any] | No
 def fixed_pairs(
     dest: str, manifest: Manifest, seed: int, storage_options: dict[str, Any] | None = None, count: int = 8
 ) -> dict[str, np.ndarray]:
-    """A fixed batch of test-split pairs (train split if the test split is empty): the run's PSNR/SSIM and sample grid."""
+    """A fixed batch of test-split pairs (train split if there is no test split): PSNR/SSIM and the sample grid."""
     chunks = []
     for chunk in iter_split(dest, "test" if manifest.shards["test"] else "train", storage_options):
         chunks.append(chunk)
@@ -295,7 +295,8 @@ def fit(
         state = TrainingState.from_checkpoint(checkpoint)
         if rank == 0:
             print(
-                f"[train {config.variant}] resuming from step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch})",
+                f"[train {config.variant}] resuming from step {state.step} (epoch {state.epoch}, batch "
+                f"{state.batches_in_epoch})",
                 flush=True,
             )
     model = wrap(model) if wrap else model.to(device)
@@ -351,7 +352,8 @@ def fit(
                 break
         if done == 0:
             raise RuntimeError(
-                f"worker {rank} received no full batch in a pass over the data: use fewer workers, a smaller --batch-size or more clips"
+                f"worker {rank} received no full batch in a pass over the data: use fewer workers, a smaller "
+                "--batch-size or more clips"
             )
         if keys:
             report.chunks_seen(keys)

@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 from discohead.data.synthetic import SyntheticClip, write_synthetic_video
+from discohead.tracking import local_artifact_location
 
 PIPELINES = Path(__file__).resolve().parent
-SMALL_MODEL = ["feature_channels=128", "hourglass_max_channels=256", "audio_channels=128", "encoder_channels=32"]
-"""Narrower than the paper's model so that the four variants train in a few CPU minutes."""
 
 
 def step(title: str, command: list[str], env: dict[str, str]) -> None:
@@ -79,16 +78,20 @@ def main(argv: list[str] | None = None) -> int:
         ],
         env,
     )
-    options = [item for option in SMALL_MODEL for item in ("--model-option", option)]
+    # Narrow widths: the four variants train in a few CPU minutes.
     step(
         "Training all four variants",
-        [python, str(PIPELINES / "train.py"), "--variant", "all", "--data", str(shards), "--max-steps", str(args.steps), "--batch-size", "8", "--lr", "3e-4",
-         "--perceptual-weight", "0", "--log-every", "10", "--checkpoint-every", str(args.steps), "--storage", str(runs), "--experiment", "demo", *options],
+        [python, str(PIPELINES / "train.py"), "--variant", "all", "--data", str(shards), "--widths", "narrow",
+         "--max-steps", str(args.steps), "--batch-size", "8", "--lr", "3e-4", "--perceptual-weight", "0",
+         "--log-every", "10", "--checkpoint-every", str(args.steps), "--storage", str(runs), "--experiment", "demo"],
         env,
     )  # fmt: skip
+    uri = env["MLFLOW_TRACKING_URI"]
+    artifacts = local_artifact_location(uri) or "on the tracking server"
     print(
-        f"\nDemo finished.\n  shards and manifest: {shards}\n  checkpoints:         {runs}\n  MLflow runs:         {env['MLFLOW_TRACKING_URI']}"
-        f" (experiment 'demo')\n  compare them:        mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}\n"
+        f"\nDemo finished.\n  shards and manifest: {shards}\n  checkpoints:         {runs}\n"
+        f"  MLflow runs:         {uri} (experiment 'demo'; artifacts {artifacts})\n"
+        f"  compare them:        mlflow ui --backend-store-uri {uri}\n"
         "The videos were synthetic; run the same two jobs on your own videos next (README)."
     )
     return 0

@@ -243,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
     other = {commit.get("config_hash") for commit in commits} - {digest}
     if other:
         raise UsageError(
-            f"{args.output} holds shards made with other settings (config {sorted(other)[0]}); use --overwrite or another --output"
+            f"{args.output} holds shards made with other settings (config {sorted(other)[0]}); use --overwrite or "
+            "another --output"
         )
 
     sources, listing_skips = list_inputs(args.input, storage_options)
@@ -260,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
         if clip_ids[s] not in done
     ]
     print(
-        f"[preprocess] {len(sources)} input files: {len(sources) - len(todo)} already done, {len(todo)} to process on {cpus:g} CPUs"
+        f"[preprocess] {len(sources)} input files: {len(sources) - len(todo)} already done, {len(todo)} to process "
+        f"on {cpus:g} CPUs"
     )
 
     run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -29,9 +29,7 @@ import torch
 
 from discohead import flags
 from discohead.contracts import CHECKPOINT_FILE
-from discohead.losses import DisCoHeadLoss
 from discohead.manifest import Manifest, ShardFormatError
-from discohead.pretrained import PretrainedWeightsUnavailable
 from discohead.storage import absolute, pyarrow_filesystem, s3_options
 from discohead.tracking import MlflowReporter, model_example, start_launch
 from discohead.train_config import TrainConfig, launch_config
@@ -42,83 +40,55 @@ from pipelines.cli import UsageError, run_job
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     flags.add_flags(parser, TrainConfig)
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the latest run of this experiment and variant from its last checkpoint, with its saved config (flags given override it)",
-    )
-    parser.add_argument(
-        "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
-    )
+    resume = "continue the latest run of this experiment and variant from its last checkpoint and saved config"
+    parser.add_argument("--resume", action="store_true", help=resume + " (flags given override it)")
+    parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     return parser.parse_args(argv)
 
 
-# --- the config, checked before any worker starts --------------------------------------
-
-
 def configure(args: argparse.Namespace) -> tuple[TrainConfig, Manifest, dict[str, str]]:
-    """The run's config (flags over the resumed run's saved config), checked against the shards, and its run names."""
+    """The run's config, checked against the shards (and this machine when Ray is local), and its run names."""
     try:
         config, names = launch_config(flags.given(args, TrainConfig), args.resume)
         config = dataclasses.replace(config, storage=absolute(config.storage))
         manifest = Manifest.read(config.data, s3_options(config.data, config.s3_endpoint))
         config = config.resolve(manifest)
+        if not (args.ray_address or os.environ.get("RAY_ADDRESS")):
+            config.check_this_machine()  # on a cluster the workers check (and say which file is missing)
     except (ValueError, ShardFormatError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
-    local = not (args.ray_address or os.environ.get("RAY_ADDRESS"))
-    if local and config.use_gpu and not torch.cuda.is_available():
-        raise UsageError(
-            "--use-gpu was given but this machine has no CUDA GPU: drop --use-gpu to train on CPU, or submit to a cluster with GPUs"
-        )
-    if (
-        local and config.perceptual_weight > 0
-    ):  # on a cluster the workers load the weights (and say which file is missing)
-        try:
-            DisCoHeadLoss(config.perceptual_weight, config.vgg_weights)
-        except PretrainedWeightsUnavailable as error:
-            raise UsageError(f"{error} (or train with --perceptual-weight 0)") from None
     return config, manifest, names
 
 
 def connect_ray(config: TrainConfig, address: str | None) -> None:
     """Join the cluster, or start a local Ray with room beside the workers for the Ray Data read tasks."""
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"], logging_level="WARNING")
+    if address := address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, logging_level="WARNING")
     else:
-        needed = config.cpus_per_worker * config.num_workers * len(config.variants) + 2
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(np.ceil(needed))), logging_level="WARNING")
-    resources = ray.cluster_resources()
-    if config.use_gpu and resources.get("GPU", 0) < 1:
+        needed = int(np.ceil(config.cpus_per_worker * config.num_workers * len(config.variants) + 2))
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), logging_level="WARNING")
+    cpus, gpus = ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0)
+    if config.use_gpu and gpus < 1:
         raise UsageError("--use-gpu was given but the Ray cluster has no GPU: drop --use-gpu to train on CPU")
-    needed = config.cpus_per_worker * config.num_workers
-    if not config.use_gpu and resources.get("CPU", 0) < needed:
+    if not config.use_gpu and cpus < config.cpus_per_worker * config.num_workers:
+        workers = f"{config.num_workers} workers x {config.cpus_per_worker:g} CPUs"
         raise UsageError(
-            f"{config.num_workers} workers x {config.cpus_per_worker:g} CPUs need {needed:g} CPUs; the cluster has {resources.get('CPU', 0):g}"
+            f"{workers} need {config.cpus_per_worker * config.num_workers:g} CPUs; the cluster has {cpus:g}"
         )
-
-
-# --- data ------------------------------------------------------------------------------
 
 
 def training_dataset(config: TrainConfig, manifest: Manifest) -> ray.data.Dataset:
     """One read task per training shard, flattened to chunks (split across the workers by Ray Train)."""
     ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print the progress
     paths = [{"path": url} for url in manifest.shard_urls(config.data, "train")]
-    options = s3_options(config.data, config.s3_endpoint)
-    return ray.data.from_items(paths, override_num_blocks=len(paths)).flat_map(
-        training_chunks, fn_kwargs={"storage_options": options}
-    )
+    read = {"storage_options": s3_options(config.data, config.s3_endpoint)}
+    return ray.data.from_items(paths, override_num_blocks=len(paths)).flat_map(training_chunks, fn_kwargs=read)
 
 
 def chunk_batches(iterator: Any, config: TrainConfig) -> Any:
     """One pass of a worker's chunks, as the training loop takes them (the benchmark reads the same)."""
     fetch = config.chunks_per_fetch
-    return iterator.iter_batches(
-        batch_size=fetch, batch_format="numpy", prefetch_batches=2, local_shuffle_buffer_size=4 * fetch
-    )
-
-
-# --- the workers -----------------------------------------------------------------------
+    return iterator.iter_batches(batch_size=fetch, batch_format="numpy", local_shuffle_buffer_size=4 * fetch)
 
 
 class RayTrainReporter(MlflowReporter):
@@ -130,18 +100,14 @@ class RayTrainReporter(MlflowReporter):
             return
         with tempfile.TemporaryDirectory() as directory:
             torch.save(checkpoint, Path(directory) / CHECKPOINT_FILE)
-            ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(directory),
-                checkpoint_dir_name=f"step-{step:08d}",
-            )
+            saved = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"step-{step:08d}")
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
     config: TrainConfig = loop["config"]
     context = ray.train.get_context()
-    rank = context.get_world_rank()
-    checkpoint = None
+    rank, checkpoint = context.get_world_rank(), None
     if saved := ray.train.get_checkpoint():
         with saved.as_directory() as directory:
             checkpoint = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
@@ -150,8 +116,9 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         loop["tracking_uri"], loop["run_id"], rank, config.register, config.alias, loop["example"]
     )
     fit(
-        config, lambda epoch: chunk_batches(shard, config), report, checkpoint=checkpoint, test_pairs=loop["test_pairs"] if rank == 0 else None,
-        device=ray.train.torch.get_device(), rank=rank, world_size=context.get_world_size(), wrap=ray.train.torch.prepare_model,
+        config, lambda epoch: chunk_batches(shard, config), report, checkpoint=checkpoint,
+        test_pairs=loop["test_pairs"] if rank == 0 else None, device=ray.train.torch.get_device(), rank=rank,
+        world_size=context.get_world_size(), wrap=ray.train.torch.prepare_model,
     )  # fmt: skip
 
 
@@ -186,42 +153,31 @@ def run(args: argparse.Namespace) -> int:
     config, manifest, names = configure(args)
     connect_ray(config, args.ray_address)
     launch = start_launch(config, names, manifest, resume=args.resume)
-    print(
-        f"[train] MLflow {launch.tracking_uri}, experiment {config.experiment!r}; artifacts in {launch.artifact_root()}",
-        flush=True,
-    )
-    test_pairs = fixed_pairs(config.data, manifest, config.seed, s3_options(config.data, config.s3_endpoint))
-    loops, configs = {}, {variant: config.for_variant(variant) for variant in names}
+    where = f"MLflow {launch.tracking_uri}, experiment {config.experiment!r}, artifacts in {launch.artifact_root()}"
+    print(f"[train] {where}", flush=True)
+    pairs = fixed_pairs(config.data, manifest, config.seed, s3_options(config.data, config.s3_endpoint))
+    loop = {
+        "tracking_uri": launch.tracking_uri,
+        "test_pairs": pairs,
+        "example": model_example(pairs, config.image_size),
+    }
+    launches = [
+        (config.for_variant(variant), manifest, names[variant], {**loop, "run_id": launch.run_ids[variant]})
+        for variant in names
+    ]
     for variant, name in names.items():
-        loops[variant] = {
-            "tracking_uri": launch.tracking_uri,
-            "run_id": launch.run_ids[variant],
-            "test_pairs": test_pairs,
-            "example": model_example(test_pairs, config.image_size),
-        }
-        workers = f"{config.num_workers} worker(s), batch {config.batch_size}"
-        print(
-            f"[train] {variant}: run {name}, MLflow run {launch.run_ids[variant]}, {config.steps} steps, {workers}",
-            flush=True,
-        )
+        size = f"{config.steps} steps, {config.num_workers} worker(s), batch {config.batch_size}"
+        print(f"[train] {variant}: run {name}, MLflow run {launch.run_ids[variant]}, {size}", flush=True)
     try:
-        if len(names) == 1:
-            (variant,) = names
-            paths = [fit_variant(configs[variant], manifest, names[variant], loops[variant])]
+        if len(launches) == 1:
+            paths = [fit_variant(*launches[0])]
         else:
-            paths = ray.get(
-                [
-                    fit_variant_task.remote(configs[variant], manifest, names[variant], loops[variant])
-                    for variant in names
-                ]
-            )
+            paths = ray.get([fit_variant_task.remote(*arguments) for arguments in launches])
     except BaseException:
         launch.finish("FAILED")
         raise
     launch.finish()
-    print(
-        f"\n[train] finished; compare the runs in MLflow ({launch.tracking_uri}, experiment {config.experiment!r}, artifacts in {launch.artifact_root()}):"
-    )
+    print(f"\n[train] finished; compare the runs in {where}:")
     for variant, path in zip(names, paths):
         print(f"  {variant:<10} MLflow run {launch.run_ids[variant]}  checkpoint {path}")
     return 0

@@ -156,7 +156,8 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     command = [
         binary, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
+        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination", str(folder / "artifacts"),
     ]  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     with http_service("mlflow_server", command, f"{uri}/health", folder):

@@ -59,7 +59,8 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 def test_two_workers_train_on_different_samples(shards, mlflow_server, tmp_path):
     result = train(
         "--variant", "affine-nm", "--data", shards, "--num-workers", "2", "--batch-size", "4", "--max-steps", "4",
-        "--log-every", "2", "--checkpoint-every", "4", "--storage", str(tmp_path / "runs"), "--experiment", "two-workers",
+        "--log-every", "2", "--checkpoint-every", "4", "--storage", str(tmp_path / "runs"),
+        "--experiment", "two-workers",
         "--register", "two-workers-model", *TINY_MODEL, mlflow_uri=mlflow_server, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -111,7 +112,8 @@ def test_two_workers_train_on_different_samples(shards, mlflow_server, tmp_path)
 def test_all_variants_give_four_comparable_runs(shards, mlflow_server, tmp_path):
     result = train(
         "--variant", "all", "--data", shards, "--num-workers", "1", "--batch-size", "2", "--max-steps", "2",
-        "--log-every", "1", "--checkpoint-every", "2", "--storage", str(tmp_path / "runs"), "--experiment", "all-variants",
+        "--log-every", "1", "--checkpoint-every", "2", "--storage", str(tmp_path / "runs"),
+        "--experiment", "all-variants",
         *TINY_MODEL, mlflow_uri=mlflow_server, cwd=tmp_path, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -191,7 +193,8 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(sha
     env = repo_env(MLFLOW_TRACKING_URI=mlflow_server, PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
     command = [
-        sys.executable, str(SCRIPT), "--variant", "affine-dm", "--data", shards, "--batch-size", "4", "--max-steps", "100",
+        sys.executable, str(SCRIPT), "--variant", "affine-dm", "--data", shards, "--batch-size", "4",
+        "--max-steps", "100",
         "--log-every", "10", "--checkpoint-every", "10", "--storage", str(storage), "--experiment", "failover",
         "--max-failures", "2", *TINY_MODEL,
     ]  # fmt: skip

@@ -124,8 +124,8 @@ def test_fit_trains_and_resumes_from_its_checkpoint_without_ray():
 
     chunks = synthetic_chunks(clips=2, frames_per_clip=20, image_size=32, chunk_frames=10)
     config = TrainConfig(
-        variant="affine-nm", data="synthetic", image_size=32, widths="tiny", perceptual_weight=0, batch_size=4, pairs_per_chunk=2,
-        lr=1e-3, max_steps=4, log_every=1, checkpoint_every=2,
+        variant="affine-nm", data="synthetic", image_size=32, widths="tiny", perceptual_weight=0, batch_size=4,
+        pairs_per_chunk=2, lr=1e-3, max_steps=4, log_every=1, checkpoint_every=2,
     )  # fmt: skip
     first = Recorder()
     fit(config, in_memory_chunks(chunks, config.chunks_per_fetch), first)
@@ -142,4 +142,4 @@ def test_fit_trains_and_resumes_from_its_checkpoint_without_ray():
         checkpoint=first.checkpoints[4],
     )
     assert sorted(resumed.losses) == [5, 6], "the step count continues"
-    assert resumed.checkpoints[6]["epoch"] == 1
+    assert resumed.checkpoints[6]["epoch"] == 2, "two batches a pass: steps 5 and 6 are the third pass"

@@ -115,8 +115,10 @@ class FaceAlignmentLandmarks:
         except Exception as error:
             missing = [str(path) for path in face_alignment_weight_files() if not path.exists()]
             raise BackendUnavailable(
-                f"face-alignment: its weights could not be loaded or downloaded ({type(error).__name__}: {str(error)[:120]}); "
-                f"provide {' and '.join(missing) or 'its FAN and S3FD weights'} (run once with internet), or use --landmarks dlib"
+                f"face-alignment: its weights could not be loaded or downloaded ({type(error).__name__}: "
+                f"{str(error)[:120]}); "
+                f"provide {' and '.join(missing) or 'its FAN and S3FD weights'} (run once with internet), or use "
+                "--landmarks dlib"
             ) from None
 
     def faces(self, frame: np.ndarray) -> list[Face]:

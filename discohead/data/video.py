@@ -211,7 +211,8 @@ def reconcile_lengths(
     audio_frames = int(np.floor(len(waveform) / sample_rate * fps + 1e-6))
     note = None
     if (num_frames - audio_frames) / fps > tolerance_s:
-        note = f"audio {len(waveform) / sample_rate:.2f}s shorter than video {num_frames / fps:.2f}s: video trimmed to the audio"
+        audio_seconds = len(waveform) / sample_rate
+        note = f"audio {audio_seconds:.2f}s shorter than video {num_frames / fps:.2f}s: video trimmed to the audio"
         num_frames = audio_frames
     expected_samples = int(round(num_frames / fps * sample_rate))
     if len(waveform) < expected_samples:
