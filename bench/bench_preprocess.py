@@ -24,7 +24,6 @@ Prints a table and appends it to docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ from pathlib import Path
 import ray
 
 from discohead.contracts import CHUNK_FRAMES
+from discohead.manifest import Manifest
 
 from common import append_report, markdown_table
 
@@ -67,15 +67,12 @@ def run_job(inputs: Path, output: Path, workers: int, cores: list[int], image_si
     busy_after, total_after = cpu_times()
     if result.returncode != 0:
         raise SystemExit(f"the job failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    manifest = json.loads((output / "manifest.json").read_text())
-    run = manifest["run"]
-    clips = manifest["clips"]
-    span = max(clip["started_at"] + clip["seconds"] for clip in clips) - min(clip["started_at"] for clip in clips)
+    manifest = Manifest.read(str(output))
+    run, clips = dict(manifest.run), manifest.clips
+    span = max(clip.started_at + clip.seconds for clip in clips) - min(clip.started_at for clip in clips)
     run["fps"] = run["decoded_frames"] / run["process_seconds"]
     run["steady_fps"] = run["decoded_frames"] / span
-    run["busy_worker_fps"] = run["decoded_frames"] / sum(
-        clip["seconds"] for clip in clips + manifest["skipped"] if "seconds" in clip
-    )
+    run["busy_worker_fps"] = run["decoded_frames"] / sum(clip.seconds for clip in clips + manifest.skipped)
     run["busy_cores"] = (busy_after - busy_before) / (total_after - total_before) * (os.cpu_count() or 1)
     run["load_before"] = load_before
     return run

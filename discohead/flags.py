@@ -52,10 +52,10 @@ def add_flags(
             continue
         flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
         help_text = field.metadata.get("help", "")
-        shown = "" if default is dataclasses.MISSING or default is None else f" (default: {default})"
+        shown = "" if default in (dataclasses.MISSING, None, "") else f" (default: {default})"
         options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text + shown}
-        if field.metadata.get("metavar"):
-            options["metavar"] = field.metadata["metavar"]
+        if hint is not bool and not (choices or field.metadata.get("choices")):
+            options["metavar"] = field.metadata.get("metavar", flag.lstrip("-").upper().replace("-", "_"))
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
             continue

@@ -26,6 +26,7 @@ import os
 import re
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,10 +276,13 @@ def log_model(
             "eye_driver": frames,
             "audio": np.zeros((1, model.config.n_mels, model.config.audio_frames), np.float32),
         }
+    example = {name: np.array(example[name], dtype=np.float32) for name in MODEL_INPUTS}  # writable copies
     with torch.no_grad():
         output = model(*(torch.from_numpy(example[name]) for name in MODEL_INPUTS))["prediction"].numpy()
     mlflow.set_tracking_uri(uri)
-    with tempfile.TemporaryDirectory() as directory, mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as directory, mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # The signature is given explicitly; MLflow's advice to add type hints to predict() does not apply.
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
         path = Path(directory) / CHECKPOINT_FILE
         torch.save(model.checkpoint(), path)
         info = mlflow.pyfunc.log_model(

@@ -52,11 +52,15 @@ class TrainConfig:
 
     # what to train, on what
     variant: str = field(
-        default="", metadata={"choices": (*VARIANTS, "all"), "help": "model variant; all trains the four side by side"}
+        default="",
+        metadata={"choices": (*VARIANTS, "all"), "help": "model variant; all trains the four side by side (required)"},
     )
     data: str = field(
         default="",
-        metadata={"metavar": "DEST", "help": "output of pipelines/preprocess.py: local folder or s3:// prefix"},
+        metadata={
+            "metavar": "DEST",
+            "help": "output of pipelines/preprocess.py: local folder or s3:// prefix (required)",
+        },
     )
     image_size: int | None = field(
         default=None, metadata={"help": "train at this size (default: the shards'); smaller is resized on the fly"}

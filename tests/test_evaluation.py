@@ -1,6 +1,7 @@
 import numpy as np
 
 from discohead import DisCoHead
+from discohead.config import WIDTHS
 from discohead.data.shards import iter_split
 from discohead.data.synthetic_shards import write_synthetic_shards
 from discohead.evaluation import clips_with_test_frames, evaluate_reconstruction
@@ -15,14 +16,7 @@ def test_reconstruction_evaluation_scores_model_and_baselines(tmp_path):
     # The source is the clip's first frame, which lives in its first (train) chunk.
     first_chunk = next(iter_split(dest, "train"))
     np.testing.assert_array_equal(clips[0].source, first_chunk["frames"][0])
-    model = DisCoHead.from_variant(
-        "affine-nm",
-        image_size=32,
-        hourglass_max_channels=32,
-        feature_channels=32,
-        audio_channels=16,
-        encoder_channels=8,
-    )
+    model = DisCoHead.from_variant("affine-nm", image_size=32, **WIDTHS["tiny"])
     scores = evaluate_reconstruction(model, dest, batch_size=4)
     assert scores["frames"] == 20
     assert set(scores) == {"frames"} | {

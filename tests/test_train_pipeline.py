@@ -103,6 +103,7 @@ def test_two_workers_train_on_different_samples(shards, mlflow_server, tmp_path)
     assert inputs["source"] == (-1, 3, 32, 32) and inputs["audio"] == (-1, 80, 40)
     example = {name: np.zeros((2, *shape[1:]), np.float32) for name, shape in inputs.items()}
     assert pyfunc.predict(example).shape == (2, 3, 32, 32)
+    assert pyfunc.metadata.saved_input_example_info is not None, "the model has an input example"
     model_files = mlflow.artifacts.download_artifacts(
         "models:/two-workers-model/1", dst_path=str(tmp_path / "model"), tracking_uri=mlflow_server
     )

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from discohead import DisCoHead
+from discohead.config import WIDTHS
 from discohead.contracts import MEL
 from discohead.losses import DisCoHeadLoss
 from discohead.training import (
@@ -67,14 +68,7 @@ def test_train_steps_reduce_the_loss_on_a_fixed_batch():
         "eye_box": np.tile([0.2, 0.2, 0.8, 0.5], (4, 1)).astype(np.float32),
     }
     inputs = model_inputs(pairs, image_size=32)
-    model = DisCoHead.from_variant(
-        "affine-nm",
-        image_size=32,
-        hourglass_max_channels=64,
-        feature_channels=64,
-        audio_channels=32,
-        encoder_channels=16,
-    )
+    model = DisCoHead.from_variant("affine-nm", image_size=32, **WIDTHS["tiny"])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = DisCoHeadLoss(perceptual_weight=0)
     losses = [train_step(model, loss_fn, optimizer, inputs)["total"] for _ in range(20)]
