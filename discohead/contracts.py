@@ -80,6 +80,9 @@ MEL = MelSettings()
 EYE_LANDMARKS = tuple(range(17, 27)) + tuple(range(36, 48))
 """Indices into the 68-point (iBUG 300-W) landmark layout: both brows and both eyes."""
 
+MOUTH_LANDMARKS = tuple(range(48, 68))
+"""The outer and inner lips in the 68-point layout."""
+
 EYE_BOX_MARGIN = 0.15
 """Fraction of the box's width added on each side (and of its height above and below)."""
 
@@ -90,9 +93,19 @@ def eye_box_from_landmarks(landmarks: torch.Tensor, image_size: int, margin: flo
     ``landmarks`` is ``(..., 68, 2)`` in pixels of an ``image_size`` square crop. The box
     is stored normalised so it stays valid when frames are resized on the fly.
     """
+    return region_box(landmarks, EYE_LANDMARKS, image_size, margin)
+
+
+def mouth_box_from_landmarks(landmarks: torch.Tensor, image_size: int, margin: float = EYE_BOX_MARGIN) -> torch.Tensor:
+    """The mouth's box, made like the eye box (the evaluation's disentanglement measures use both)."""
+    return region_box(landmarks, MOUTH_LANDMARKS, image_size, margin)
+
+
+def region_box(landmarks: torch.Tensor, indices: tuple[int, ...], image_size: int, margin: float) -> torch.Tensor:
+    """The box around ``landmarks[..., indices, :]``, widened by ``margin`` of its size on each side, in [0, 1]."""
     import torch
 
-    points = landmarks[..., EYE_LANDMARKS, :]
+    points = landmarks[..., indices, :]
     low = points.amin(dim=-2)
     high = points.amax(dim=-2)
     pad = (high - low) * margin

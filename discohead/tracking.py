@@ -282,7 +282,7 @@ def log_model(
     mlflow.set_tracking_uri(uri)
     with tempfile.TemporaryDirectory() as directory, mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         # The signature is given explicitly; MLflow's advice to add type hints to predict() does not apply.
-        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+        warnings.filterwarnings("ignore", message="(?s).*type hints to the `predict` method")
         path = Path(directory) / CHECKPOINT_FILE
         torch.save(model.checkpoint(), path)
         info = mlflow.pyfunc.log_model(
@@ -365,3 +365,44 @@ def load_model(ref: str, tracking_uri: str | None = None, map_location: str = "c
     from .model import DisCoHead
 
     return DisCoHead.from_checkpoint(load_checkpoint(ref, tracking_uri), map_location=map_location)
+
+
+# --- evaluation results ----------------------------------------------------------------
+
+
+def run_id_for(ref: str, uri: str | None = None) -> str | None:
+    """The MLflow run a model reference belongs to (None for a checkpoint path)."""
+    if _RUN_ID.match(ref):
+        return ref
+    if ref.startswith("runs:/"):
+        return ref.removeprefix("runs:/").split("/", 1)[0]
+    if ref.startswith("models:/"):
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri or tracking_uri())
+        name, _, version = ref.removeprefix("models:/").partition("/")
+        if "@" in name:
+            name, alias = name.split("@", 1)
+            return client.get_model_version_by_alias(name, alias).run_id
+        return client.get_model_version(name, version).run_id
+    return None
+
+
+def log_evaluation(
+    run_id: str, metrics: dict[str, float], unavailable: dict[str, str], grid: Any, split: str, uri: str | None = None
+) -> None:
+    """An evaluation's numbers on the model's own run, so MLflow's compare view puts the variants side by side.
+
+    Metrics are ``eval/<split>/...``; what could not be measured is a tag naming the file to provide.
+    """
+    import time
+
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri or tracking_uri())
+    now = int(time.time() * 1000)
+    tags = [RunTag(f"eval.{split}.unavailable.{name}", message[:5000]) for name, message in unavailable.items()]
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()], tags=tags)
+    if grid is not None:
+        client.log_image(run_id, grid, key=f"eval/{split}/samples", step=0)

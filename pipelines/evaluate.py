@@ -1,0 +1,167 @@
+"""Evaluation job: the paper's metrics for trained models on a split of preprocessed shards.
+
+    python pipelines/evaluate.py --model REF [--model REF ...] --data DEST [--split test] [--max-clips N]
+    ray job submit --address http://HEAD:8265 -- python pipelines/evaluate.py --model models:/NAME@candidate ...
+
+REF is an MLflow run id, ``runs:/ID``, ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or a
+checkpoint file or folder (local or s3://). The split is read once; each model is evaluated
+in its own Ray task (one GPU each when the cluster has GPUs) by ``discohead.evaluation``.
+Prints a Table-1-style table, writes it with a CSV under ``--output``, and logs every number
+to each model's MLflow run as ``eval/<split>/<metric>`` (baselines ``eval/<split>/copy/...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import ray
+
+from discohead.contracts import SPLITS
+from discohead.evaluation import DISENTANGLEMENT, METRICS, SYSTEMS, EvaluationResult, Scorers, clips_with_test_frames
+from discohead.manifest import Manifest, ShardFormatError
+from discohead.storage import filesystem_for, publish_bytes, s3_options
+from discohead.tracking import load_checkpoint, log_evaluation, run_id_for, tracking_uri
+from pipelines.cli import UsageError, run_job
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", action="append", required=True, metavar="REF", help="model to evaluate; repeatable")
+    parser.add_argument("--data", required=True, metavar="DEST", help="output of pipelines/preprocess.py")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate (default: test)")
+    parser.add_argument("--max-clips", type=int, default=None, help="evaluate only the first N clips (by id)")
+    parser.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default: 16)")
+    parser.add_argument(
+        "--output", default="outputs/eval", help="folder (or s3:// prefix) for results.md and results.csv"
+    )
+    parser.add_argument(
+        "--lpips-weights", help="alexnet-owt-7be5be79.pth (default: DISCOHEAD_ALEXNET_WEIGHTS or hub cache)"
+    )
+    parser.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (default: env or hub cache)")
+    parser.add_argument("--no-faces", action="store_true", help="skip the dlib face measures (AKD, AED, mouth, eyes)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to the models' MLflow runs")
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)")
+    parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    return parser.parse_args(argv)
+
+
+def check_model(ref: str, checkpoint: dict[str, Any], manifest: Manifest) -> None:
+    """A model the shards can drive: a known checkpoint format, its size and its mel settings."""
+    from discohead.config import DisCoHeadConfig
+    from discohead.contracts import CHECKPOINT_FORMAT_VERSION
+
+    version = checkpoint.get("format_version")
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise UsageError(f"{ref}: checkpoint format {version}, this code reads {CHECKPOINT_FORMAT_VERSION}")
+    config = DisCoHeadConfig.from_dict(checkpoint["config"])
+    if config.image_size > manifest.image_size:
+        raise UsageError(f"{ref}: the model is {config.image_size} px, the shards {manifest.image_size} px")
+    if (config.n_mels, config.audio_frames) != (manifest.mel.n_mels, manifest.mel.window_frames):
+        shards = f"{manifest.mel.n_mels} x {manifest.mel.window_frames}"
+        raise UsageError(
+            f"{ref}: the model takes {config.n_mels} x {config.audio_frames} mel windows, the shards hold {shards}"
+        )
+
+
+def evaluate_one(checkpoint: dict[str, Any], clips: list, args: argparse.Namespace) -> EvaluationResult:
+    """One model on the clips (a Ray task): the model, the metric networks, the evaluation."""
+    import torch
+
+    from discohead import DisCoHead
+    from discohead.evaluation import evaluate
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    scorers = Scorers.load(args.lpips_weights, args.inception_weights, faces=not args.no_faces)
+    model = DisCoHead.from_checkpoint(checkpoint)
+    name = model.config.variant
+
+    def progress(done: int, total: int, frames: int) -> None:
+        print(f"[evaluate {name}] clip {done}/{total}, {frames} frames", flush=True)
+
+    return evaluate(model, clips, scorers, device, args.batch_size, progress)
+
+
+def table(results: dict[str, EvaluationResult]) -> tuple[str, str]:
+    """(markdown, CSV): a row per model and baseline, a column per metric; unavailable metrics listed below."""
+    header = ["model", "system", *METRICS, *DISENTANGLEMENT, "frames", "frames/s"]
+    rows = []
+    for label, result in results.items():
+        for system in SYSTEMS:
+            values = {**result.systems[system], **(result.disentanglement if system == "model" else {})}
+            cells = [
+                "unavailable" if name in result.unavailable else f"{values.get(name, math.nan):.4g}"
+                for name in (*METRICS, *DISENTANGLEMENT)
+            ]
+            speed = f"{result.frames_per_second:.1f}" if system == "model" else ""
+            rows.append([label, system, *cells, result.frames, speed])
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([header, *rows])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    unavailable = {name: why for result in results.values() for name, why in result.unavailable.items()}
+    lines += ["", *(f"- {name}: {why}" for name, why in sorted(unavailable.items()))]
+    return "\n".join(lines) + "\n", buffer.getvalue()
+
+
+def run(args: argparse.Namespace) -> int:
+    options = s3_options(args.data, args.s3_endpoint)
+    try:
+        manifest = Manifest.read(args.data, options)
+    except (FileNotFoundError, ShardFormatError) as error:
+        raise UsageError(str(error)) from None
+    if not manifest.shards[args.split]:
+        raise UsageError(
+            f"{args.data} has no {args.split} split: preprocess with a split ratio below 1, or pick --split"
+        )
+    checkpoints = {}
+    for ref in args.model:
+        try:
+            checkpoints[ref] = load_checkpoint(ref, storage_options=s3_options(ref, args.s3_endpoint))
+        except Exception as error:  # an unknown run, model, alias or path: say which, in one line
+            raise UsageError(f"--model {ref}: {str(error).splitlines()[0]}") from None
+        check_model(ref, checkpoints[ref], manifest)
+    clips = list(clips_with_test_frames(args.data, options, args.split, args.max_clips))
+    print(
+        f"[evaluate] {len(clips)} clips, {sum(len(clip.driver) for clip in clips)} frames of {args.split}", flush=True
+    )
+
+    ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(num_cpus=1, num_gpus=gpus)(evaluate_one)
+    shared = ray.put(clips)
+    started = time.perf_counter()
+    results = dict(
+        zip(args.model, ray.get([task.remote(checkpoint, shared, args) for checkpoint in checkpoints.values()]))
+    )
+    markdown, rows = table(results)
+    print(f"\n[evaluate] {args.split} split of {args.data} ({time.perf_counter() - started:.0f}s):\n\n{markdown}")
+
+    fs, root = filesystem_for(args.output, s3_options(args.output, args.s3_endpoint))
+    fs.makedirs(root, exist_ok=True)
+    publish_bytes(markdown.encode(), fs, f"{root}/results.md")
+    publish_bytes(rows.encode(), fs, f"{root}/results.csv")
+    print(f"[evaluate] wrote {args.output.rstrip('/')}/results.md and results.csv")
+    for ref, result in results.items():
+        run_id = None if args.no_mlflow else run_id_for(ref)
+        if run_id:
+            log_evaluation(run_id, result.flat(args.split), result.unavailable, result.grid, args.split)
+            print(f"[evaluate] {ref}: logged eval/{args.split}/* to MLflow run {run_id} ({tracking_uri()})")
+        else:
+            print(f"[evaluate] {ref}: a checkpoint path, not an MLflow run: nothing logged to MLflow")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per model, not per file
+    return run_job("evaluate", run, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
