@@ -124,6 +124,12 @@ class TrainConfig:
     image_every: int | None = field(
         default=None, metadata={"help": "steps between sample grids (default: every checkpoint)"}
     )
+    evaluate: bool = field(
+        default=True, metadata={"help": "run the evaluation job on the test split at the end, when there is one"}
+    )
+    evaluate_clips: int | None = field(
+        default=None, metadata={"help": "evaluate on the first N test clips only (default: all)"}
+    )
     s3_endpoint: str | None = field(
         default=None, metadata={"help": "S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)"}
     )

@@ -36,24 +36,34 @@ PAIR_KEYS = ("source", "driver", "mel", "eye_box")
 """Columns of a batch of pairs: uint8 (H, W, 3) frames, float16 (n_mels, T) mel window, (4,) eye box."""
 
 
-def training_chunks(row: Mapping[str, Any], storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def training_chunks(
+    row: Mapping[str, Any], storage_options: dict[str, Any] | None = None, sources_per_chunk: int = 0
+) -> list[dict[str, Any]]:
     """The chunks of the shard at ``row["path"]`` with the columns training uses.
 
     Shaped as a Ray Data ``flat_map`` function (a row in, rows out) so that the shards
-    stream through Ray Data; the key is kept for data lineage.
+    stream through Ray Data; the key is kept for data lineage. With ``sources_per_chunk``
+    each chunk also carries that many ``sources``: frames drawn from anywhere in its clip
+    (a shard holds all of a clip's chunks of one split), so a training source can lie far
+    from its driver in time, as at evaluation and generation, where the source is the
+    clip's first frame (or a photo) and the drivers run for seconds.
     """
     fs, path = filesystem_for(row["path"], storage_options)
-    chunks = []
+    chunks, clip_of = [], []
     for sample in iter_shard(fs, path):
         decoded = decode_sample(sample)
-        chunks.append(
-            {
-                "key": decoded["__key__"],
-                "frames": decoded["frames"],
-                "mel": decoded["mel"],
-                "eye_boxes": decoded["eye_boxes"],
-            }
-        )
+        chunks.append({"key": decoded["__key__"], **{name: decoded[name] for name in ("frames", "mel", "eye_boxes")}})
+        clip_of.append(decoded["meta"].get("clip_id", decoded["__key__"]))
+    if sources_per_chunk:
+        rng = np.random.default_rng()
+        for clip_id in set(clip_of):
+            members = [chunk for chunk, owner in zip(chunks, clip_of) if owner == clip_id]
+            sizes = np.array([len(chunk["frames"]) for chunk in members])
+            for chunk in members:
+                picks = rng.integers(0, sizes.sum(), size=sources_per_chunk)
+                owners = np.searchsorted(np.cumsum(sizes), picks, side="right")
+                offsets = picks - np.concatenate([[0], np.cumsum(sizes)])[owners]
+                chunk["sources"] = np.stack([members[o]["frames"][i] for o, i in zip(owners, offsets)])
     return chunks
 
 
@@ -75,18 +85,19 @@ def draw_pairs(
 ) -> dict[str, np.ndarray]:
     """``pairs_per_chunk`` (source, driver) pairs from each decoded shard sample.
 
-    Source and driver are distinct frames of the chunk (consecutive frames of one clip)
-    whenever it holds more than one frame.
+    The driver is a frame of the chunk. The source is one of the chunk's ``sources`` (frames
+    from anywhere in its clip, see :func:`training_chunks`) when it has them, else another
+    frame of the chunk itself (consecutive frames of one clip) whenever it holds more than one.
     """
     columns: dict[str, list[np.ndarray]] = {key: [] for key in PAIR_KEYS}
     for chunk in chunks:
         count = len(chunk["frames"])
         drivers = rng.integers(0, count, size=pairs_per_chunk)
-        if count > 1:
-            sources = (drivers + rng.integers(1, count, size=pairs_per_chunk)) % count
+        if "sources" in chunk:
+            columns["source"].append(chunk["sources"][rng.integers(0, len(chunk["sources"]), size=pairs_per_chunk)])
         else:
-            sources = drivers
-        columns["source"].append(chunk["frames"][sources])
+            sources = (drivers + rng.integers(1, count, size=pairs_per_chunk)) % count if count > 1 else drivers
+            columns["source"].append(chunk["frames"][sources])
         columns["driver"].append(chunk["frames"][drivers])
         columns["mel"].append(chunk["mel"][drivers])
         columns["eye_box"].append(chunk["eye_boxes"][drivers])
@@ -100,16 +111,16 @@ def pair_batches(
     rng: np.random.Generator,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of ``batch_size`` pairs from a stream of chunk batches (columns ``frames``,
-    ``mel``, ``eye_boxes`` with a leading chunk axis), shuffled within each chunk batch.
+    ``mel``, ``eye_boxes`` and optionally ``sources``, with a leading chunk axis), shuffled
+    within each chunk batch.
 
     The last incomplete batch of the stream is dropped so that every data-parallel worker
     takes the same number of steps.
     """
     pending: dict[str, np.ndarray] | None = None
     for columns in chunk_batches:
-        chunks = [
-            {key: columns[key][i] for key in ("frames", "mel", "eye_boxes")} for i in range(len(columns["frames"]))
-        ]
+        keys = [key for key in ("frames", "mel", "eye_boxes", "sources") if key in columns]
+        chunks = [{key: columns[key][i] for key in keys} for i in range(len(columns["frames"]))]
         pairs = draw_pairs(chunks, pairs_per_chunk, rng)
         order = rng.permutation(len(pairs["source"]))
         pairs = {key: value[order] for key, value in pairs.items()}

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         "Training all four variants",
         [python, str(PIPELINES / "train.py"), "--variant", "all", "--data", str(shards), "--widths", "narrow",
          "--max-steps", str(args.steps), "--batch-size", "8", "--lr", "3e-4", "--perceptual-weight", "0",
-         "--log-every", "10", "--checkpoint-every", str(args.steps), "--storage", str(runs), "--experiment", "demo"],
+         "--log-every", "10", "--checkpoint-every", str(args.steps), "--storage", str(runs), "--experiment", "demo",
+         "--evaluate-clips", "1"],
         env,
     )  # fmt: skip
     uri = env["MLFLOW_TRACKING_URI"]

@@ -28,6 +28,7 @@ from discohead.evaluation import DISENTANGLEMENT, METRICS, SYSTEMS, EvaluationRe
 from discohead.manifest import Manifest, ShardFormatError
 from discohead.storage import filesystem_for, publish_bytes, s3_options
 from discohead.tracking import load_checkpoint, log_evaluation, run_id_for, tracking_uri
+from discohead.train_config import TrainConfig
 from pipelines.cli import UsageError, run_job
 
 
@@ -111,6 +112,16 @@ def table(results: dict[str, EvaluationResult]) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+    evaluate_models(args)
+    return 0
+
+
+def evaluate_models(args: argparse.Namespace) -> dict[str, EvaluationResult]:
+    """Check the models against the shards, read the split once, evaluate each model in a Ray task, report.
+
+    Ray must be initialised (the training job calls this at its end with its own Ray).
+    """
     options = s3_options(args.data, args.s3_endpoint)
     try:
         manifest = Manifest.read(args.data, options)
@@ -132,7 +143,6 @@ def run(args: argparse.Namespace) -> int:
         f"[evaluate] {len(clips)} clips, {sum(len(clip.driver) for clip in clips)} frames of {args.split}", flush=True
     )
 
-    ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(num_cpus=1, num_gpus=gpus)(evaluate_one)
     shared = ray.put(clips)
@@ -155,7 +165,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"[evaluate] {ref}: logged eval/{args.split}/* to MLflow run {run_id} ({tracking_uri()})")
         else:
             print(f"[evaluate] {ref}: a checkpoint path, not an MLflow run: nothing logged to MLflow")
-    return 0
+    return results
+
+
+def evaluate_runs(config: TrainConfig, run_ids: dict[str, str], output: str) -> dict[str, EvaluationResult]:
+    """The training job's ``--evaluate``: its runs on the test split of its data, with its Ray."""
+    models = [item for run_id in run_ids.values() for item in ("--model", run_id)]
+    clips = ["--max-clips", str(config.evaluate_clips)] if config.evaluate_clips else []
+    endpoint = ["--s3-endpoint", config.s3_endpoint] if config.s3_endpoint else []
+    return evaluate_models(parse_args([*models, "--data", config.data, "--output", output, *clips, *endpoint]))
 
 
 def main(argv: list[str] | None = None) -> int:

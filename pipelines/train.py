@@ -3,12 +3,10 @@
     python pipelines/train.py --variant affine-nm --data DEST [options]
     ray job submit --address http://HEAD:8265 -- python pipelines/train.py --variant all --data s3://bucket/shards ...
 
-Run directly it starts a local Ray; under ``ray job submit`` it joins the cluster. The flags
-are :class:`~discohead.train_config.TrainConfig`'s fields; the config, built once, goes
-whole to each worker, which runs ``discohead.training.fit`` on the chunks Ray Data streams
-to it (one read task per tar, split across the workers). ``--variant all`` trains the four
-variants side by side, each a TorchTrainer launched from its own Ray task, as child runs
-of one MLflow parent run. This file only wires flags, Ray and MLflow together.
+Run directly it starts a local Ray; under ``ray job submit`` it joins the cluster. The flags are
+``TrainConfig``'s fields; the config goes whole to each worker, which runs ``discohead.training.fit``
+on the chunks Ray Data streams to it. ``--variant all`` trains the four variants side by side, as
+child runs of one MLflow parent run; ``--evaluate`` scores them at the end. This file only wires.
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ from discohead.tracking import MlflowReporter, model_example, start_launch
 from discohead.train_config import TrainConfig, launch_config
 from discohead.training import fit, fixed_pairs, training_chunks
 from pipelines.cli import UsageError, run_job
+from pipelines.evaluate import evaluate_runs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,7 +80,7 @@ def training_dataset(config: TrainConfig, manifest: Manifest) -> ray.data.Datase
     """One read task per training shard, flattened to chunks (split across the workers by Ray Train)."""
     ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print the progress
     paths = [{"path": url} for url in manifest.shard_urls(config.data, "train")]
-    read = {"storage_options": s3_options(config.data, config.s3_endpoint)}
+    read = {"storage_options": s3_options(config.data, config.s3_endpoint), "sources_per_chunk": config.pairs_per_chunk}
     return ray.data.from_items(paths, override_num_blocks=len(paths)).flat_map(training_chunks, fn_kwargs=read)
 
 
@@ -180,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n[train] finished; compare the runs in {where}:")
     for variant, path in zip(names, paths):
         print(f"  {variant:<10} MLflow run {launch.run_ids[variant]}  checkpoint {path}")
+    if config.evaluate and manifest.shards["test"]:  # the paper's metrics on each run, for MLflow's compare view
+        evaluate_runs(config, launch.run_ids, output=f"{config.storage.rstrip('/')}/{min(names.values())}-eval")
     return 0
 
 

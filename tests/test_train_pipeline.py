@@ -22,7 +22,7 @@ from conftest import REPO_ROOT, repo_env, stop_process_group, venv_binary, wait_
 pytestmark = pytest.mark.slow
 
 SCRIPT = REPO_ROOT / "pipelines" / "train.py"
-TINY_MODEL = ["--image-size", "32", "--widths", "tiny", "--perceptual-weight", "0"]
+TINY_MODEL = ["--image-size", "32", "--widths", "tiny", "--perceptual-weight", "0", "--no-evaluate"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,8 @@ def test_two_workers_train_on_different_samples(shards, mlflow_server, tmp_path)
         "--variant", "affine-nm", "--data", shards, "--num-workers", "2", "--batch-size", "4", "--max-steps", "4",
         "--log-every", "2", "--checkpoint-every", "4", "--storage", str(tmp_path / "runs"),
         "--experiment", "two-workers",
-        "--register", "two-workers-model", *TINY_MODEL, mlflow_uri=mlflow_server, cwd=tmp_path,
+        "--register", "two-workers-model", *TINY_MODEL, "--evaluate", "--evaluate-clips", "1",
+        mlflow_uri=mlflow_server, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "step 4/4" in result.stdout + result.stderr
@@ -77,6 +78,10 @@ def test_two_workers_train_on_different_samples(shards, mlflow_server, tmp_path)
     assert not keys[0] & keys[1], "the two workers saw different chunks"
     assert run.data.params["num_workers"] == "2" and run.data.params["batch_size"] == "4"
     assert "data_config_hash" in run.data.params and "code_version" in run.data.params
+    assert {"eval/test/psnr", "eval/test/copy/psnr", "eval/test/akd"} <= set(run.data.metrics), (
+        "--evaluate scored the run"
+    )
+    assert list((tmp_path / "runs").glob("two-workers-affine-nm-*-eval/results.md"))
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "the UI opens on the training runs"
     images = [item.path for item in client.list_artifacts(run.info.run_id, "images")]

@@ -137,3 +137,26 @@ def test_fit_trains_and_resumes_from_its_checkpoint_without_ray():
     )
     assert sorted(resumed.losses) == [5, 6], "the step count continues"
     assert resumed.checkpoints[6]["epoch"] == 2, "two batches a pass: steps 5 and 6 are the third pass"
+
+
+def test_training_sources_come_from_anywhere_in_the_clip(tmp_path):
+    from discohead.data.synthetic_shards import write_synthetic_shards
+    from discohead.manifest import Manifest
+    from discohead.training import training_chunks
+
+    dest = str(tmp_path / "shards")
+    write_synthetic_shards(dest, clips=2, frames_per_clip=40, image_size=32, chunk_frames=10)  # 3 train chunks a clip
+    (url,) = Manifest.read(dest).shard_urls(dest, "train")
+    chunks = training_chunks({"path": url}, sources_per_chunk=60)
+    assert len(chunks) == 6 and all(chunk["sources"].shape == (60, 32, 32, 3) for chunk in chunks)
+    for chunk in chunks:
+        clip = chunk["key"].rsplit("-", 1)[0]
+        own = [other["frames"] for other in chunks if other["key"].rsplit("-", 1)[0] == clip]
+        where = [
+            next(i for i, frames in enumerate(own) if (frames == source).all(axis=(1, 2, 3)).any())
+            for source in chunk["sources"]
+        ]
+        assert len(set(where)) > 1, "sources are drawn across the clip's chunks, not only the driver's"
+    pairs = draw_pairs(chunks[:1], pairs_per_chunk=4, rng=np.random.default_rng(0))
+    assert all((chunks[0]["sources"] == source).all(axis=(1, 2, 3)).any() for source in pairs["source"])
+    assert training_chunks({"path": url})[0].keys() == {"key", "frames", "mel", "eye_boxes"}
