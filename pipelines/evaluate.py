@@ -112,16 +112,14 @@ def table(results: dict[str, EvaluationResult]) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    checkpoints, clips = prepare(args)  # every check before Ray starts
     ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
-    evaluate_models(args)
+    evaluate_models(args, checkpoints, clips)
     return 0
 
 
-def evaluate_models(args: argparse.Namespace) -> dict[str, EvaluationResult]:
-    """Check the models against the shards, read the split once, evaluate each model in a Ray task, report.
-
-    Ray must be initialised (the training job calls this at its end with its own Ray).
-    """
+def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], list]:
+    """Each model's checkpoint, checked against the shards, and the split's clips (read once)."""
     options = s3_options(args.data, args.s3_endpoint)
     try:
         manifest = Manifest.read(args.data, options)
@@ -142,7 +140,13 @@ def evaluate_models(args: argparse.Namespace) -> dict[str, EvaluationResult]:
     print(
         f"[evaluate] {len(clips)} clips, {sum(len(clip.driver) for clip in clips)} frames of {args.split}", flush=True
     )
+    return checkpoints, clips
 
+
+def evaluate_models(
+    args: argparse.Namespace, checkpoints: dict[str, dict[str, Any]], clips: list
+) -> dict[str, EvaluationResult]:
+    """Each model in a Ray task on the shared clips; the table, the CSV and the MLflow metrics (Ray initialised)."""
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(num_cpus=1, num_gpus=gpus)(evaluate_one)
     shared = ray.put(clips)
@@ -173,7 +177,8 @@ def evaluate_runs(config: TrainConfig, run_ids: dict[str, str], output: str) -> 
     models = [item for run_id in run_ids.values() for item in ("--model", run_id)]
     clips = ["--max-clips", str(config.evaluate_clips)] if config.evaluate_clips else []
     endpoint = ["--s3-endpoint", config.s3_endpoint] if config.s3_endpoint else []
-    return evaluate_models(parse_args([*models, "--data", config.data, "--output", output, *clips, *endpoint]))
+    args = parse_args([*models, "--data", config.data, "--output", output, *clips, *endpoint])
+    return evaluate_models(args, *prepare(args))
 
 
 def main(argv: list[str] | None = None) -> int:
