@@ -106,3 +106,30 @@ def test_bad_input_fails_with_one_line(problem, message, shards, mlflow_server, 
     assert job.main(["--model", ref, "--data", data, "--no-mlflow"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and message in error, error
+
+
+def test_ray_job_submit_with_s3_shards_and_checkpoint(ray_head, s3_server, tmp_path):
+    """Under ``ray job submit``, shards and checkpoint on S3 (the credentials only in the head's environment)."""
+    from conftest import S3_SECRET, venv_binary
+
+    filesystem = s3_server.filesystem()
+    filesystem.mkdir("evaluation")
+    data = "s3://evaluation/shards"
+    write_synthetic_shards(
+        data, clips=2, frames_per_clip=20, image_size=32, chunk_frames=10, storage_options=s3_server.storage_options
+    )
+    local = tmp_path / "discohead.pt"
+    torch.save(DisCoHead.from_variant("tps-dm", image_size=32, **WIDTHS["tiny"]).checkpoint(), local)
+    filesystem.put_file(str(local), "evaluation/runs/step-00000001/discohead.pt")
+    command = [
+        venv_binary("ray"), "job", "submit", "--address", ray_head.dashboard, "--",
+        sys.executable, str(SCRIPT), "--model", "s3://evaluation/runs/step-00000001", "--data", data,
+        "--output", "s3://evaluation/eval", "--max-clips", "1", "--no-faces",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=ray_head.client_env, capture_output=True, text=True, timeout=420)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "succeeded" in output, output[-4000:]
+    assert (
+        "| s3://evaluation/runs/step-00000001 | model |" in filesystem.cat_file("evaluation/eval/results.md").decode()
+    )
+    assert S3_SECRET not in output
