@@ -91,6 +91,13 @@ class TrainConfig:
     )
     epochs: float | None = field(default=None, metadata={"help": "passes over the training chunks, converted to steps"})
     pairs_per_chunk: int = field(default=8, metadata={"help": "(source, driver) pairs drawn from each chunk per pass"})
+    source_range: str = field(
+        default="clip",
+        metadata={
+            "choices": ("clip", "chunk"),
+            "help": "draw each source from anywhere in its clip, or from the driver's chunk",
+        },
+    )
     perceptual_weight: float = field(default=1.0, metadata={"help": "lambda of the VGG-19 term; 0 trains on L1 alone"})
     vgg_weights: str | None = field(
         default=None,

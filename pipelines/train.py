@@ -80,7 +80,10 @@ def training_dataset(config: TrainConfig, manifest: Manifest) -> ray.data.Datase
     """One read task per training shard, flattened to chunks (split across the workers by Ray Train)."""
     ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print the progress
     paths = [{"path": url} for url in manifest.shard_urls(config.data, "train")]
-    read = {"storage_options": s3_options(config.data, config.s3_endpoint), "sources_per_chunk": config.pairs_per_chunk}
+    read = {
+        "storage_options": s3_options(config.data, config.s3_endpoint),
+        "sources_per_chunk": config.pairs_per_chunk * (config.source_range == "clip"),
+    }
     return ray.data.from_items(paths, override_num_blocks=len(paths)).flat_map(training_chunks, fn_kwargs=read)
 
 
