@@ -85,7 +85,7 @@ class Scorers:
     """The metric networks this machine can run; the others are in ``unavailable`` with the file to provide."""
 
     lpips: Any = None
-    new_fid: Any = None
+    fid: Any = None
     faces: Any = None
     unavailable: dict[str, str] = field(default_factory=dict)
 
@@ -102,8 +102,7 @@ class Scorers:
         except PretrainedWeightsUnavailable as error:
             scorers.unavailable["lpips"] = str(error)
         try:
-            fid_metric(inception_weights)
-            scorers.new_fid = lambda: fid_metric(inception_weights)
+            scorers.fid = fid_metric(inception_weights)
         except PretrainedWeightsUnavailable as error:
             scorers.unavailable["fid"] = str(error)
         if not faces:
@@ -151,11 +150,12 @@ class _Sums:
     totals: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
-    def add(self, name: str, values: Any) -> None:
+    def add(self, name: str, values: Any, weight: int = 1) -> None:
+        """Per-frame values (NaNs dropped), or one mean standing for ``weight`` frames."""
         values = np.atleast_1d(np.asarray(values, np.float64))
         values = values[np.isfinite(values)]
-        self.totals[name] = self.totals.get(name, 0.0) + float(values.sum())
-        self.counts[name] = self.counts.get(name, 0) + len(values)
+        self.totals[name] = self.totals.get(name, 0.0) + float(values.sum()) * weight
+        self.counts[name] = self.counts.get(name, 0) + len(values) * weight
 
     def mean(self, name: str) -> float:
         return self.totals[name] / self.counts[name] if self.counts.get(name) else float("nan")
@@ -192,7 +192,8 @@ def evaluate(
     model = model.to(device).eval()
     size = model.config.image_size
     sums = _Sums()
-    fids = {system: scorers.new_fid().to(device) for system in SYSTEMS} if scorers.new_fid else {}
+    fids = {system: scorers.fid.clone().to(device) for system in SYSTEMS} if scorers.fid else {}
+    lpips = scorers.lpips.to(device) if scorers.lpips is not None else None
     faces = scorers.faces
     grid = None
     frames = 0
@@ -219,16 +220,11 @@ def evaluate(
             if grid is None:
                 grid = evaluation_grid(inputs, outputs["model"])
             for system, frames_out in outputs.items():
-                sums.add(
-                    f"{system}/psnr",
-                    [psnr(frames_out[i : i + 1], inputs.target[i : i + 1]).item() for i in range(count)],
-                )
-                sums.add(
-                    f"{system}/ssim",
-                    [ssim(frames_out[i : i + 1], inputs.target[i : i + 1]).item() for i in range(count)],
-                )
-                if scorers.lpips is not None:
-                    sums.add(f"{system}/lpips", scorers.lpips.to(device)(frames_out, inputs.target).cpu().numpy())
+                # psnr and ssim are batch means of per-frame values: weighted by the batch's frames.
+                sums.add(f"{system}/psnr", psnr(frames_out, inputs.target).item(), count)
+                sums.add(f"{system}/ssim", ssim(frames_out, inputs.target).item(), count)
+                if lpips is not None:
+                    sums.add(f"{system}/lpips", lpips(frames_out, inputs.target).cpu().numpy())
                 if system in fids:
                     fids[system].update(inputs.target, real=True)
                     fids[system].update(frames_out.clamp(0, 1), real=False)

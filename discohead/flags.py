@@ -15,8 +15,6 @@ import types
 import typing
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-_NESTED = "__nested__"
-
 
 def _flag_type(hint: Any) -> tuple[Any, tuple[Any, ...] | None]:
     """(base type, choices) of a field's annotation; ``X | None`` is ``X``."""

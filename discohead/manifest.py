@@ -67,9 +67,14 @@ class Totals:
     seconds: float
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    """Stable short hash of the settings that change a shard's bytes."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+def settings_json(config: ClipConfig, landmarks: str, synthetic: bool = False) -> dict[str, Any]:
+    """The settings as recorded (and hashed): the clip config, the landmark backend, the synthetic flag."""
+    return {**config.to_json(), "landmarks": landmarks, **({"synthetic": True} if synthetic else {})}
+
+
+def config_hash(settings: dict[str, Any]) -> str:
+    """Stable short hash of the settings that change a shard's bytes (``settings_json``)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,7 @@ class Manifest:
 
     @property
     def config_json(self) -> dict[str, Any]:
-        """The settings as recorded (and hashed): the clip config, the landmark backend, the synthetic flag."""
-        return {**self.config.to_json(), "landmarks": self.landmarks, **({"synthetic": True} if self.synthetic else {})}
+        return settings_json(self.config, self.landmarks, self.synthetic)
 
     @property
     def config_hash(self) -> str:

@@ -129,6 +129,31 @@ class Launch:
             client.set_terminated(self.parent_run_id, status)
 
 
+def log_values(
+    client: Any,
+    run_id: str,
+    metrics: Mapping[str, float] | None = None,
+    step: int = 0,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Metrics (at ``step``), params and tags of one run in as few requests as MLflow allows (100 params a batch)."""
+    import time
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    items = [Param(key, str(value)) for key, value in (params or {}).items()]
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, float(value), now, step) for key, value in (metrics or {}).items()],
+        params=items[:100],
+        tags=[RunTag(key, value) for key, value in (tags or {}).items()],
+    )
+    for start in range(100, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
 def data_params(manifest: Manifest) -> dict[str, Any]:
     """What identifies the training data in a run's params."""
     return {
@@ -145,6 +170,7 @@ def start_launch(config: TrainConfig, run_names: Mapping[str, str], manifest: Ma
     uri = tracking_uri()
     client = MlflowClient(uri)
     experiment = experiment_id(client, config.experiment, uri)
+    common = {**data_params(manifest), "code_version": code_version()}
     existing = {}
     if resume:
         for variant, name in run_names.items():
@@ -163,13 +189,12 @@ def start_launch(config: TrainConfig, run_names: Mapping[str, str], manifest: Ma
             parent = client.create_run(
                 experiment, run_name=launch_name, tags={LAUNCH_TAG: launch_name, VARIANT_TAG: "all"}
             ).info.run_id
-            for key, value in {
-                **config.params(config.model_config()),
-                **data_params(manifest),
-                "code_version": code_version(),
-            }.items():
-                if not key.startswith("model."):
-                    client.log_param(parent, key, value)
+            launch_params = {
+                key: value
+                for key, value in config.params(config.model_config()).items()
+                if not key.startswith("model.")
+            }
+            log_values(client, parent, params={**launch_params, **common})
     run_ids = {}
     for variant, name in run_names.items():
         if variant in existing:
@@ -179,16 +204,7 @@ def start_launch(config: TrainConfig, run_names: Mapping[str, str], manifest: Ma
         tags = {RUN_TAG: name, VARIANT_TAG: variant, **({PARENT_TAG: parent} if parent else {})}
         run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
         variant_config = config.for_variant(variant)
-        params = {
-            **variant_config.params(variant_config.model_config()),
-            **data_params(manifest),
-            "code_version": code_version(),
-        }
-        from mlflow.entities import Param
-
-        items = [Param(key, str(value)) for key, value in params.items()]
-        for start in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
-            client.log_batch(run_id, params=items[start : start + 100])
+        log_values(client, run_id, params={**variant_config.params(variant_config.model_config()), **common})
         run_ids[variant] = run_id
     return Launch(uri, experiment, parent, run_ids)
 
@@ -215,14 +231,7 @@ class MlflowReporter(Reporter):
         self.register, self.alias, self.example = register, alias, example
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()]
-        )
+        log_values(self.client, self.run_id, metrics=metrics, step=step)
 
     def image(self, step: int, grid: np.ndarray) -> None:
         """Logged under one key with its step, so the UI lines the grids up across steps and runs."""
@@ -395,14 +404,10 @@ def log_evaluation(
 
     Metrics are ``eval/<split>/...``; what could not be measured is a tag naming the file to provide.
     """
-    import time
-
-    from mlflow.entities import Metric, RunTag
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri or tracking_uri())
-    now = int(time.time() * 1000)
-    tags = [RunTag(f"eval.{split}.unavailable.{name}", message[:5000]) for name, message in unavailable.items()]
-    client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()], tags=tags)
+    tags = {f"eval.{split}.unavailable.{name}": message[:5000] for name, message in unavailable.items()}
+    log_values(client, run_id, metrics=metrics, tags=tags)
     if grid is not None:
         client.log_image(run_id, grid, key=f"eval/{split}/samples", step=0)

@@ -49,21 +49,17 @@ def training_chunks(
     clip's first frame (or a photo) and the drivers run for seconds.
     """
     fs, path = filesystem_for(row["path"], storage_options)
-    chunks, clip_of = [], []
+    chunks, clips = [], {}
     for sample in iter_shard(fs, path):
         decoded = decode_sample(sample)
         chunks.append({"key": decoded["__key__"], **{name: decoded[name] for name in ("frames", "mel", "eye_boxes")}})
-        clip_of.append(decoded["meta"].get("clip_id", decoded["__key__"]))
+        clips.setdefault(decoded["meta"].get("clip_id", decoded["__key__"]), []).append(chunks[-1])
     if sources_per_chunk:
         rng = np.random.default_rng()
-        for clip_id in set(clip_of):
-            members = [chunk for chunk, owner in zip(chunks, clip_of) if owner == clip_id]
-            sizes = np.array([len(chunk["frames"]) for chunk in members])
+        for members in clips.values():
+            frames = np.concatenate([chunk["frames"] for chunk in members])  # the clip's frames in this shard
             for chunk in members:
-                picks = rng.integers(0, sizes.sum(), size=sources_per_chunk)
-                owners = np.searchsorted(np.cumsum(sizes), picks, side="right")
-                offsets = picks - np.concatenate([[0], np.cumsum(sizes)])[owners]
-                chunk["sources"] = np.stack([members[o]["frames"][i] for o, i in zip(owners, offsets)])
+                chunk["sources"] = frames[rng.integers(0, len(frames), size=sources_per_chunk)]
     return chunks
 
 

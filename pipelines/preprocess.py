@@ -32,7 +32,7 @@ from discohead.data.landmarks import BackendUnavailable, load_landmark_backend
 from discohead.data.shards import ShardWriterTask, load_commits, remove_outputs
 from discohead.data.sources import expand_input, fetch_to_local
 from discohead.data.video import MediaError
-from discohead.manifest import ClipRecord, Manifest
+from discohead.manifest import ClipRecord, Manifest, config_hash, settings_json
 from discohead.storage import filesystem_for, s3_options
 from pipelines.cli import UsageError, run_job
 
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
     cpus = ray.cluster_resources().get("CPU", 1)
     backend_name = resolve_backend(args.landmarks)
-    digest = Manifest(config, backend_name, {}, [], []).config_hash
+    digest = config_hash(settings_json(config, backend_name))
 
     commits = load_commits(fs, root)
     other = {commit.get("config_hash") for commit in commits} - {digest}
