@@ -9,7 +9,9 @@ predicted head motion alone (``warp``, ``S_T``), which shows what the encoder an
 Metrics (Table 1 and more), each frame-averaged per system (model, copy, warp):
 ``psnr``, ``ssim``, ``lpips``, ``fid``, ``akd`` (pixels at 256 px), ``aed`` (dlib identity
 embedding distance), ``mouth_corr`` and ``eye_corr`` (per-clip Pearson correlation of the
-inner-lip opening and of the eye aspect ratio with the ground truth's, averaged over clips).
+inner-lip opening and of the eye aspect ratio with the ground truth's, averaged over clips),
+``lse_d``, ``lse_c`` and ``lse_offset`` (SyncNet's lip-sync distance, confidence and AV offset
+per clip, as Wav2Lip reports them, averaged over clips; see :func:`clip_lip_sync`).
 
 Disentanglement (the paper's claim that each input controls its own part of the face),
 measured on the same frames for the model: ``audio_mouth_share`` (only the audio changes:
@@ -20,6 +22,7 @@ changes: mean displacement, in pixels at 256 px, of the jaw and nose landmarks).
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .contracts import SPLITS, mouth_box_from_landmarks
+from .contracts import FPS, MEL, SPLITS, MelSettings, mouth_box_from_landmarks
 from .data.shards import iter_split
 from .metrics import eye_aspect_ratio, inner_lip_opening, keypoint_distance, pearson, psnr, share_inside, ssim
 from .model import DisCoHead
@@ -37,7 +40,9 @@ from .training import ModelInputs, model_inputs
 
 SYSTEMS = ("model", "copy", "warp")
 """The model and the two baselines every metric is reported for."""
-METRICS = ("psnr", "ssim", "lpips", "fid", "akd", "aed", "mouth_corr", "eye_corr")
+METRICS = ("psnr", "ssim", "lpips", "fid", "akd", "aed", "mouth_corr", "eye_corr", "lse_d", "lse_c", "lse_offset")
+LIP_SYNC = ("lse_d", "lse_c", "lse_offset")
+"""What needs SyncNet and the clips' audio."""
 DISENTANGLEMENT = ("audio_mouth_share", "eye_eye_share", "head_landmark_shift")
 FACE_METRICS = ("akd", "aed", "mouth_corr", "eye_corr", "audio_mouth_share", "head_landmark_shift")
 """What needs dlib's face measures."""
@@ -47,13 +52,23 @@ POSE_LANDMARKS = tuple(range(0, 17)) + tuple(range(27, 36))
 
 @dataclass
 class ClipFrames:
-    """A test clip: its first frame (the source) and its test frames with their inputs."""
+    """A test clip: its first frame (the source) and its test frames with their inputs.
+
+    LSE needs the test frames' audio, which the shards do not keep (only its mel windows):
+    :func:`attach_audio` reads it from the clip's original file (``origin``) into ``waveform``,
+    or says in ``audio_note`` why it could not.
+    """
 
     clip_id: str
     source: np.ndarray
     driver: np.ndarray
     mel: np.ndarray
     eye_boxes: np.ndarray
+    origin: str = ""
+    frame_index: np.ndarray | None = None
+    fps: float = FPS
+    waveform: np.ndarray | None = None
+    audio_note: str = "audio not read"
 
 
 def clips_with_test_frames(
@@ -71,13 +86,78 @@ def clips_with_test_frames(
                 tests.setdefault(clip_id, []).append(chunk)
     for clip_id, chunks in sorted(tests.items())[:max_clips]:
         chunks.sort(key=lambda chunk: chunk["meta"]["first_frame"])
+        meta = chunks[0]["meta"]
         yield ClipFrames(
             clip_id,
             first[clip_id][1],
             np.concatenate([chunk["frames"] for chunk in chunks]),
             np.concatenate([chunk["mel"] for chunk in chunks]),
             np.concatenate([chunk["eye_boxes"] for chunk in chunks]),
+            origin=meta.get("source", ""),
+            frame_index=np.concatenate(
+                [chunk["meta"]["first_frame"] + np.arange(len(chunk["frames"])) for chunk in chunks]
+            ),
+            fps=float(meta.get("fps", FPS)),
         )
+
+
+AUDIO_MATCH_TOLERANCE = 0.05
+"""Median absolute log-mel difference (natural log) under which a file's audio is the audio the shards hold.
+
+The shards store float16 log-mels (steps of at most 0.008 in their range): the same audio
+decoded again differs by far less, another recording by ~1."""
+
+
+def attach_audio(clips: list[ClipFrames], mel: MelSettings = MEL, s3_endpoint: str | None = None) -> None:
+    """Each clip's test-frame audio (16 kHz, ``len(driver) / fps`` seconds) from its original file.
+
+    The shards keep only log-mel windows, and SyncNet needs MFCCs of the waveform, so the
+    file recorded in the shards (a path or URL) is decoded again the way preprocessing did.
+    The audio is accepted only where its log-mel windows are those stored with the frames,
+    so a moved, edited or replaced file never scores lip sync against other audio. What
+    cannot be used leaves ``waveform`` unset and says why in ``audio_note``.
+    """
+    from .audio import clip_windows
+    from .data.sources import fetch_to_local
+    from .data.video import probe_and_decode_audio
+    from .metric_networks import SYNC_FPS, SYNC_SAMPLE_RATE
+    from .storage import s3_options
+
+    for clip in clips:
+        clip.waveform = None
+        index = clip.frame_index if clip.frame_index is not None else np.arange(len(clip.driver))
+        if mel.sample_rate != SYNC_SAMPLE_RATE:
+            clip.audio_note = f"SyncNet takes {SYNC_SAMPLE_RATE} Hz audio, the shards hold {mel.sample_rate} Hz"
+            continue
+        if clip.fps != SYNC_FPS:
+            clip.audio_note = f"SyncNet takes {SYNC_FPS} fps video, the shards hold {clip.fps:g} fps"
+            continue
+        if len(index) == 0 or np.any(np.diff(index) != 1):
+            clip.audio_note = f"the {clip.clip_id} frames of the split are not one contiguous run"
+            continue
+        first, count = int(index[0]), len(index)
+        seconds = (first + count) / clip.fps + 1  # decode no further than the test frames
+        try:
+            with tempfile.TemporaryDirectory(prefix="discohead-audio-") as folder:
+                local = fetch_to_local(clip.origin, folder, s3_options(clip.origin, s3_endpoint))
+                _, waveform = probe_and_decode_audio(local, mel.sample_rate, seconds)
+        except Exception as error:  # a missing file, an unknown protocol, an undecodable file: say which
+            clip.audio_note = f"{clip.origin or clip.clip_id}: cannot read its audio ({str(error).splitlines()[0]})"
+            continue
+        if waveform is None:
+            clip.audio_note = f"{clip.origin}: no audio stream"
+            continue
+        hop = mel.sample_rate // SYNC_FPS
+        needed = (first + count) * hop
+        waveform = np.pad(waveform[:needed], (0, max(0, needed - len(waveform))))
+        windows = clip_windows(torch.from_numpy(waveform), first + count, clip.fps, mel)[first:].numpy()
+        difference = float(np.median(np.abs(windows - clip.mel.astype(np.float32))))
+        if difference > AUDIO_MATCH_TOLERANCE:
+            clip.audio_note = (
+                f"{clip.origin}: its audio is not the audio in the shards (log-mel off by {difference:.2f})"
+            )
+            continue
+        clip.waveform, clip.audio_note = waveform[first * hop :].astype(np.float32), ""
 
 
 @dataclass
@@ -87,14 +167,19 @@ class Scorers:
     lpips: Any = None
     fid: Any = None
     faces: Any = None
+    syncnet: Any = None
     unavailable: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(
-        cls, lpips_weights: str | None = None, inception_weights: str | None = None, faces: bool = True
+        cls,
+        lpips_weights: str | None = None,
+        inception_weights: str | None = None,
+        faces: bool = True,
+        syncnet_weights: str | None = None,
     ) -> Scorers:
-        """Every metric network that loads here (LPIPS, FID, dlib's face measures); never a substitute."""
-        from .metric_networks import FaceMeasures, fid_metric, lpips_metric
+        """Every metric network that loads here (LPIPS, FID, SyncNet, dlib's face measures); never a substitute."""
+        from .metric_networks import FaceMeasures, fid_metric, lpips_metric, syncnet_metric
 
         scorers = cls(faces=FaceMeasures() if faces else None)
         try:
@@ -105,6 +190,10 @@ class Scorers:
             scorers.fid = fid_metric(inception_weights)
         except PretrainedWeightsUnavailable as error:
             scorers.unavailable["fid"] = str(error)
+        try:
+            scorers.syncnet = syncnet_metric(syncnet_weights)
+        except PretrainedWeightsUnavailable as error:
+            scorers.unavailable.update(dict.fromkeys(LIP_SYNC, str(error)))
         if not faces:
             scorers.unavailable.update({name: "not measured (--no-faces)" for name in FACE_METRICS})
         return scorers
@@ -112,7 +201,7 @@ class Scorers:
     @classmethod
     def pixels_only(cls) -> Scorers:
         """PSNR, SSIM and the eye share: what needs no network at all (the learning benchmark's scores)."""
-        skipped = ("lpips", "fid", *FACE_METRICS)
+        skipped = ("lpips", "fid", *LIP_SYNC, *FACE_METRICS)
         return cls(unavailable={name: "not measured" for name in skipped})
 
 
@@ -170,6 +259,49 @@ def _predict(model: DisCoHead, inputs: ModelInputs, head: torch.Tensor | None = 
     )
 
 
+class _LipStream:
+    """One system's SyncNet window embeddings over a clip, computed batch by batch.
+
+    The last 4 crops of a batch are kept for the windows that straddle the next one, so a
+    clip of any length never holds more than a batch of 224-pixel crops.
+    """
+
+    def __init__(self) -> None:
+        self.tail: torch.Tensor | None = None
+        self.features: list[torch.Tensor] = []
+        self.frames = 0
+
+    def push(self, syncnet: Any, frames: torch.Tensor) -> None:
+        from .metric_networks import WINDOW, syncnet_frames
+
+        crops = syncnet_frames(frames)
+        self.frames += len(crops)
+        if self.tail is not None:
+            crops = torch.cat([self.tail, crops])
+        if len(crops) >= WINDOW:
+            self.features.append(syncnet.lip_windows(crops))
+        self.tail = crops[-(WINDOW - 1) :]
+
+
+def clip_lip_sync(syncnet: Any, streams: dict[str, _LipStream], waveform: np.ndarray) -> dict[str, Any]:
+    """Each system's :class:`~discohead.metric_networks.LipSync` on one clip, with the clip's own audio.
+
+    The clip's test frames with their audio are one "video" of syncnet_python's evaluate():
+    every 5-frame window against the MFCC window at the same time, offsets searched over ±15
+    frames; the audio windows are computed once and shared by the systems. Empty when the
+    clip is shorter than evaluate() needs (6 frames).
+    """
+    from .metric_networks import lip_sync, syncnet_mfcc, window_count
+
+    frames = next(iter(streams.values())).frames
+    count = window_count(frames, len(waveform))
+    if count < 1:
+        return {}
+    device = next(syncnet.parameters()).device
+    audio = syncnet.audio_windows(syncnet_mfcc(waveform).to(device), count)
+    return {system: lip_sync(torch.cat(stream.features)[:count], audio) for system, stream in streams.items()}
+
+
 def evaluation_grid(inputs: ModelInputs, prediction: torch.Tensor, rows: int = 4) -> np.ndarray:
     """uint8 image, a row per frame: source | head driver | eye input | prediction | ground truth | |difference|."""
     difference = (prediction.float() - inputs.target).abs().clamp(0, 1)
@@ -194,6 +326,12 @@ def evaluate(
     sums = _Sums()
     fids = {system: scorers.fid.clone().to(device) for system in SYSTEMS} if scorers.fid else {}
     lpips = scorers.lpips.to(device) if scorers.lpips is not None else None
+    syncnet = scorers.syncnet.to(device) if scorers.syncnet is not None else None
+    unavailable = dict(scorers.unavailable)
+    if syncnet is not None and not any(clip.waveform is not None for clip in clips):
+        why = clips[0].audio_note if clips else "no clips"
+        unavailable.update(dict.fromkeys(LIP_SYNC, f"unavailable: no clip's audio could be used ({why})"))
+        syncnet = None
     faces = scorers.faces
     grid = None
     frames = 0
@@ -201,6 +339,9 @@ def evaluate(
     for index, clip in enumerate(clips):
         other = clips[(index + 1) % len(clips)]  # the audio, eyes and head pose of another clip
         series: dict[str, list[np.ndarray]] = {}
+        streams = (
+            {system: _LipStream() for system in SYSTEMS} if syncnet is not None and clip.waveform is not None else None
+        )
         for start in range(0, len(clip.driver), batch_size):
             part = slice(start, start + batch_size)
             count = len(clip.driver[part])
@@ -228,6 +369,8 @@ def evaluate(
                 if system in fids:
                     fids[system].update(inputs.target, real=True)
                     fids[system].update(frames_out.clamp(0, 1), real=False)
+                if streams:
+                    streams[system].push(syncnet, frames_out)
 
             # Disentanglement: change one input at a time, to another clip's (same positions, cycled).
             rows = np.arange(start, start + count) % len(other.driver)
@@ -266,6 +409,11 @@ def evaluate(
                 pose = list(POSE_LANDMARKS)
                 sums.add("head_landmark_shift", keypoint_distance(moved[:, pose], model_points[:, pose]))
             frames += count
+        if streams:
+            for system, scores in clip_lip_sync(syncnet, streams, clip.waveform).items():
+                sums.add(f"{system}/lse_d", scores.distance)
+                sums.add(f"{system}/lse_c", scores.confidence)
+                sums.add(f"{system}/lse_offset", scores.offset)
         if faces is not None:
             for system in SYSTEMS:
                 for name, key in (("mouth_corr", "lip"), ("eye_corr", "eye")):
@@ -277,7 +425,6 @@ def evaluate(
     systems = {system: {name: sums.mean(f"{system}/{name}") for name in METRICS if name != "fid"} for system in SYSTEMS}
     for system, fid in fids.items():
         systems[system]["fid"] = float(fid.compute()) if frames >= 2 else float("nan")
-    unavailable = dict(scorers.unavailable)
     for system in SYSTEMS:
         for name in list(systems[system]):
             if name in unavailable:

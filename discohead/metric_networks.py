@@ -1,20 +1,21 @@
-"""The metrics that need pretrained networks: LPIPS (AlexNet), FID (Inception-v3), and the face
-measures behind AKD, AED and the mouth and eye agreement (dlib's 68-point predictor and its
-128-d identity embedding).
+"""The metrics that need pretrained networks: LPIPS (AlexNet), FID (Inception-v3), LSE-C / LSE-D
+(SyncNet), and the face measures behind AKD, AED and the mouth and eye agreement (dlib's
+68-point predictor and its 128-d identity embedding).
 
-dlib's two networks ship in face-recognition-models and always load. The AlexNet and
-Inception weights are files the user provides (or that download where there is internet):
+dlib's two networks ship in face-recognition-models and always load. The AlexNet, Inception
+and SyncNet weights are files the user provides (or that download where there is internet):
 each is looked for at an explicit path, an environment variable, then torch hub's cache,
-and must match the sha256 prefix in its published name (torch hub's convention). A file
-that is missing or does not match makes the metric *unavailable*, with the file to provide;
-it is never replaced by other or random weights, and every file is loaded with
-``weights_only=True`` (tensors, not pickles).
+and must match its sha256 (the prefix in its published name, torch hub's convention, or the
+pinned digest where the name carries none). A file that is missing or does not match makes
+the metric *unavailable*, with the file to provide; it is never replaced by other or random
+weights, and every file is loaded with ``weights_only=True`` (tensors, not pickles).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import socket
 import warnings
 from dataclasses import dataclass
@@ -41,10 +42,12 @@ class WeightFile:
     name: str
     url: str
     env_var: str
+    sha256: str = ""
+    """The whole digest, for a file whose name carries no hash prefix (SyncNet's)."""
 
     @property
     def sha256_prefix(self) -> str:
-        return Path(self.name).stem.rsplit("-", 1)[-1]
+        return self.sha256 or Path(self.name).stem.rsplit("-", 1)[-1]
 
     @property
     def cached(self) -> Path:
@@ -53,7 +56,7 @@ class WeightFile:
     def unavailable(self, why: str = "") -> PretrainedWeightsUnavailable:
         where = f"{self.cached} (or set {self.env_var}=/path/to/{self.name})"
         return PretrainedWeightsUnavailable(
-            f"unavailable: provide {self.name} (sha256 {self.sha256_prefix}…) at {where}{why}"
+            f"unavailable: provide {self.name} (sha256 {self.sha256_prefix[:8]}…) at {where}{why}"
         )
 
     def locate(self, explicit: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
@@ -102,6 +105,20 @@ INCEPTION = WeightFile(
     "DISCOHEAD_INCEPTION_WEIGHTS",
 )
 """The TensorFlow FID Inception-v3 ported to PyTorch (torch-fidelity, as torchmetrics uses): the standard FID."""
+
+SYNCNET = WeightFile(
+    "syncnet_v2.model",
+    "https://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model",
+    "DISCOHEAD_SYNCNET_WEIGHTS",
+    sha256="961e8696f888fce4f3f3a6c3d5b3267cf5b343100b238e79b2659bff2c605442",
+)
+"""SyncNet (Chung & Zisserman 2016) as joonson/syncnet_python downloads it: the network behind LSE-C / LSE-D.
+
+The authors (Oxford VGG) publish no checksum. The digest pinned here is the one every public
+copy we could check carries (e.g. LatentSync's ``auxiliary/syncnet_v2.model`` on Hugging Face,
+uploaded by its authors, and lithiumice/syncnet), all 54.6 MB; a different file is refused
+rather than trusted.
+"""
 
 
 # --- LPIPS ---------------------------------------------------------------------------
@@ -155,6 +172,198 @@ def fid_metric(weights: str | None = None) -> Any:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(path))
+
+
+# --- LSE-C / LSE-D: SyncNet ---------------------------------------------------------
+
+SYNC_FPS = 25
+"""SyncNet's video rate: 5 frames (0.2 s) per window."""
+SYNC_SAMPLE_RATE = 16_000
+MFCC_PER_FRAME = 4
+"""MFCC frames (100 Hz) per video frame: a 5-frame window meets 20 MFCC frames."""
+WINDOW = 5
+"""Video frames per SyncNet window."""
+VSHIFT = 15
+"""Offsets searched, in frames each way (syncnet_python's ``--vshift`` default, as Wav2Lip runs it)."""
+SYNC_SIZE = 224
+SYNC_CROP_SCALE = 0.4
+"""syncnet_python's ``run_pipeline.py --crop_scale``: the face track is cropped around the face box with this margin."""
+SYNC_PAD = 110
+"""The grey (0-255) run_pipeline pads frames with where the crop leaves the frame."""
+
+
+class SyncNet(torch.nn.Module):
+    """syncnet_python's ``SyncNetModel.S``, layer for layer, so the official state dict loads with ``strict=True``.
+
+    ``forward_lip`` embeds ``(B, 3, 5, 224, 224)`` BGR frames in 0-255, ``forward_aud``
+    ``(B, 1, 13, 20)`` MFCC windows; both give ``(B, 1024)``.
+    """
+
+    def __init__(self, embedding: int = 1024):
+        super().__init__()
+        nn = torch.nn
+        self.netcnnaud = nn.Sequential(
+            nn.Conv2d(1, 64, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=(1, 1), stride=(1, 1)),
+            nn.Conv2d(64, 192, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)),
+            nn.BatchNorm2d(192),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=(3, 3), stride=(1, 2)),
+            nn.Conv2d(192, 384, kernel_size=(3, 3), padding=(1, 1)),
+            nn.BatchNorm2d(384),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=(3, 3), padding=(1, 1)),
+            nn.BatchNorm2d(256),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=(3, 3), padding=(1, 1)),
+            nn.BatchNorm2d(256),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=(3, 3), stride=(2, 2)),
+            nn.Conv2d(256, 512, kernel_size=(5, 4), padding=(0, 0)),
+            nn.BatchNorm2d(512),
+            nn.ReLU(),
+        )
+        self.netfcaud = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embedding))
+        self.netfclip = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embedding))
+        self.netcnnlip = nn.Sequential(
+            nn.Conv3d(3, 96, kernel_size=(5, 7, 7), stride=(1, 2, 2), padding=0),
+            nn.BatchNorm3d(96),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),
+            nn.Conv3d(96, 256, kernel_size=(1, 5, 5), stride=(1, 2, 2), padding=(0, 1, 1)),
+            nn.BatchNorm3d(256),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+            nn.Conv3d(256, 256, kernel_size=(1, 3, 3), padding=(0, 1, 1)),
+            nn.BatchNorm3d(256),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(256, 256, kernel_size=(1, 3, 3), padding=(0, 1, 1)),
+            nn.BatchNorm3d(256),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(256, 256, kernel_size=(1, 3, 3), padding=(0, 1, 1)),
+            nn.BatchNorm3d(256),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),
+            nn.Conv3d(256, 512, kernel_size=(1, 6, 6), padding=0),
+            nn.BatchNorm3d(512),
+            nn.ReLU(inplace=True),
+        )
+
+    @torch.no_grad()
+    def forward_aud(self, mfcc: torch.Tensor) -> torch.Tensor:
+        return self.netfcaud(self.netcnnaud(mfcc).flatten(1))
+
+    @torch.no_grad()
+    def forward_lip(self, video: torch.Tensor) -> torch.Tensor:
+        return self.netfclip(self.netcnnlip(video).flatten(1))
+
+    def lip_windows(self, crops: torch.Tensor, batch: int = 16) -> torch.Tensor:
+        """``(T - 4, 1024)``: the embedding of every 5-frame window of ``(T, 3, 224, 224)`` crops (T >= 5)."""
+        windows = crops.unfold(0, WINDOW, 1).permute(0, 1, 4, 2, 3)  # (T - 4, 3, 5, 224, 224), a view
+        return torch.cat([self.forward_lip(windows[i : i + batch].float()) for i in range(0, len(windows), batch)])
+
+    def audio_windows(self, mfcc: torch.Tensor, count: int, batch: int = 64) -> torch.Tensor:
+        """``(count, 1024)``: window ``i`` is MFCC frames ``4i`` to ``4i + 19`` of ``(13, T)`` MFCC (evaluate()'s)."""
+        starts = torch.arange(count) * MFCC_PER_FRAME
+        windows = mfcc[:, starts[:, None] + torch.arange(WINDOW * MFCC_PER_FRAME)].permute(1, 0, 2).unsqueeze(1)
+        return torch.cat([self.forward_aud(windows[i : i + batch]) for i in range(0, count, batch)])
+
+
+def syncnet_metric(weights: str | None = None) -> SyncNet:
+    """SyncNet with the verified ``syncnet_v2.model``; raises PretrainedWeightsUnavailable naming the file otherwise."""
+    try:
+        state = SYNCNET.load(weights)
+    except pickle.UnpicklingError:  # weights_only refused it: not a plain state dict
+        raise SYNCNET.unavailable("; the file is not a plain state dict (weights_only load failed)") from None
+    network = SyncNet()
+    network.load_state_dict(state, strict=True)
+    return network.eval().requires_grad_(False)
+
+
+def syncnet_crop(size: int) -> tuple[int, int, int, int, int]:
+    """``(pad, top, bottom, left, right)``: run_pipeline's face-track crop of a ``size`` frame, in padded pixels.
+
+    run_pipeline takes the S3FD box (half side ``bs``, centre ``x, y``), pads the frame by
+    ``int(bs * (1 + 2 * 0.4))`` and keeps rows ``y - bs`` to ``y + 1.8 bs`` and columns
+    ``x ± 1.4 bs``: a square from the top of the face box to well below the chin. Our frames
+    are already face crops with the face where :func:`face_box` says (the preprocessing
+    contract), so that box stands in for the detector's, the same for every frame and system.
+    """
+    x0, y0, x1, y1 = face_box(size)
+    half = max(x1 - x0, y1 - y0) / 2
+    pad = int(half * (1 + 2 * SYNC_CROP_SCALE))
+    centre_y, centre_x = (y0 + y1) / 2 + pad, (x0 + x1) / 2 + pad
+    return (
+        pad,
+        int(centre_y - half),
+        int(centre_y + half * (1 + 2 * SYNC_CROP_SCALE)),
+        int(centre_x - half * (1 + SYNC_CROP_SCALE)),
+        int(centre_x + half * (1 + SYNC_CROP_SCALE)),
+    )
+
+
+def syncnet_frames(frames: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` RGB in [0, 1] to SyncNet's input frames: ``(B, 3, 224, 224)`` BGR in 0-255 (uint8 values).
+
+    Quantised to 8 bits as a written video is, cropped as :func:`syncnet_crop` says (grey 110
+    outside the frame), resized bilinearly to 224 (cv2.resize's default), channels in the
+    BGR order cv2.imread gives syncnet_python.
+    """
+    pad, top, bottom, left, right = syncnet_crop(frames.shape[-1])
+    pixels = (frames.float().clamp(0, 1) * 255).round().flip(1)
+    padded = torch.nn.functional.pad(pixels, (pad, pad, pad, pad), value=float(SYNC_PAD))
+    face = padded[:, :, top:bottom, left:right]
+    resized = torch.nn.functional.interpolate(face, size=(SYNC_SIZE, SYNC_SIZE), mode="bilinear", align_corners=False)
+    return resized.round().clamp(0, 255)
+
+
+def syncnet_mfcc(waveform: np.ndarray) -> torch.Tensor:
+    """``(13, frames)`` float32 MFCC at 100 Hz of a mono 16 kHz waveform in [-1, 1], as syncnet_python computes it.
+
+    syncnet_python reads 16-bit PCM (``ffmpeg -acodec pcm_s16le -ar 16000``) and calls
+    ``python_speech_features.mfcc`` with its defaults (25 ms frames, 10 ms step, 26 filters,
+    512-point FFT, pre-emphasis 0.97, lifter 22, log energy in place of c0). The energy
+    makes the scale matter, so the waveform is first put on the 16-bit scale ffmpeg writes.
+    """
+    import python_speech_features
+
+    pcm = np.clip(np.round(np.asarray(waveform, np.float64) * 32768), -32768, 32767).astype(np.int16)
+    return torch.from_numpy(python_speech_features.mfcc(pcm, SYNC_SAMPLE_RATE).T.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class LipSync:
+    """One video's SyncNet scores: LSE-D (``distance``), LSE-C (``confidence``) and the AV ``offset`` in frames."""
+
+    offset: int
+    distance: float
+    confidence: float
+
+
+def lip_sync(lip: torch.Tensor, audio: torch.Tensor, vshift: int = VSHIFT) -> LipSync:
+    """SyncNetInstance.evaluate's offset search on ``(N, D)`` lip and audio window embeddings.
+
+    For each offset ``k - vshift`` (k = 0 .. 2 vshift), the distance between lip window ``i``
+    and audio window ``i + k - vshift`` (a zero vector outside the audio, as the reference
+    pads), averaged over ``i``. LSE-D is the smallest mean distance, LSE-C the median of the
+    mean distances minus that smallest one, and the offset is ``vshift - argmin``: positive
+    when the lips match audio from ``offset`` frames earlier.
+    """
+    lip, audio = lip.float().cpu(), audio.float().cpu()
+    span = 2 * vshift + 1
+    padded = torch.nn.functional.pad(audio, (0, 0, vshift, vshift))
+    index = torch.arange(len(lip))[:, None] + torch.arange(span)[None, :]
+    distances = torch.nn.functional.pairwise_distance(lip[:, None, :].expand(-1, span, -1), padded[index])
+    mean = distances.mean(0)
+    smallest, position = torch.min(mean, 0)
+    return LipSync(vshift - int(position), float(smallest), float(torch.median(mean) - smallest))
+
+
+def window_count(frames: int, samples: int) -> int:
+    """How many windows evaluate() scores: ``min(frames, samples // 640) - 5`` (it leaves out the last full one)."""
+    return min(frames, samples // (SYNC_SAMPLE_RATE // SYNC_FPS)) - WINDOW
 
 
 # --- faces: landmarks and identity ---------------------------------------------------

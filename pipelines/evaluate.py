@@ -24,7 +24,15 @@ from typing import Any
 import ray
 
 from discohead.contracts import SPLITS
-from discohead.evaluation import DISENTANGLEMENT, METRICS, SYSTEMS, EvaluationResult, Scorers, clips_with_test_frames
+from discohead.evaluation import (
+    DISENTANGLEMENT,
+    METRICS,
+    SYSTEMS,
+    EvaluationResult,
+    Scorers,
+    attach_audio,
+    clips_with_test_frames,
+)
 from discohead.manifest import Manifest, ShardFormatError
 from discohead.storage import filesystem_for, publish_bytes, s3_options
 from discohead.tracking import load_checkpoint, log_evaluation, run_id_for, tracking_uri
@@ -46,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lpips-weights", help="alexnet-owt-7be5be79.pth (default: DISCOHEAD_ALEXNET_WEIGHTS or hub cache)"
     )
     parser.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (default: env or hub cache)")
+    parser.add_argument(
+        "--syncnet-weights", help="syncnet_v2.model for LSE-C/D (default: DISCOHEAD_SYNCNET_WEIGHTS or hub cache)"
+    )
     parser.add_argument("--no-faces", action="store_true", help="skip the dlib face measures (AKD, AED, mouth, eyes)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to the models' MLflow runs")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)")
@@ -79,7 +90,9 @@ def evaluate_one(checkpoint: dict[str, Any], clips: list, args: argparse.Namespa
     from discohead.evaluation import evaluate
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    scorers = Scorers.load(args.lpips_weights, args.inception_weights, faces=not args.no_faces)
+    scorers = Scorers.load(
+        args.lpips_weights, args.inception_weights, faces=not args.no_faces, syncnet_weights=args.syncnet_weights
+    )
     model = DisCoHead.from_checkpoint(checkpoint)
     name = model.config.variant
 
@@ -140,7 +153,30 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], list]:
     print(
         f"[evaluate] {len(clips)} clips, {sum(len(clip.driver) for clip in clips)} frames of {args.split}", flush=True
     )
+    read_audio(args, clips, manifest)
     return checkpoints, clips
+
+
+def read_audio(args: argparse.Namespace, clips: list, manifest: Manifest) -> None:
+    """The clips' audio for LSE-C/D, read from their original files only when SyncNet's weights are here.
+
+    The shards keep mel windows, not the waveform SyncNet's MFCCs need, so LSE costs a read
+    (a download, for s3:// sources) of each evaluated clip's file: not worth it without the
+    weights. Found here means verified (and downloaded where there is internet) on this machine.
+    """
+    from discohead.metric_networks import SYNCNET
+    from discohead.pretrained import PretrainedWeightsUnavailable
+
+    try:
+        SYNCNET.locate(args.syncnet_weights)
+    except PretrainedWeightsUnavailable:
+        return  # each model's task reports lse_* unavailable, naming the file
+    attach_audio(clips, manifest.mel, args.s3_endpoint)
+    used = sum(clip.waveform is not None for clip in clips)
+    notes = sorted({clip.audio_note for clip in clips if clip.waveform is None})
+    print(
+        f"[evaluate] audio for LSE-C/D: {used} of {len(clips)} clips" + (f"; {notes[0]}" if notes else ""), flush=True
+    )
 
 
 def evaluate_models(

@@ -29,10 +29,11 @@ def test_reconstruction_evaluation_scores_model_and_baselines(tmp_path):
 def test_full_evaluation_reports_every_metric_or_why_not(tmp_path, monkeypatch):
     import torch
 
-    from discohead.evaluation import DISENTANGLEMENT, METRICS, Scorers, evaluate
+    from discohead.evaluation import DISENTANGLEMENT, LIP_SYNC, METRICS, Scorers, evaluate
     from discohead.metrics import psnr
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no LPIPS or FID weights here
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no LPIPS, FID or SyncNet weights here
+    monkeypatch.delenv("DISCOHEAD_SYNCNET_WEIGHTS", raising=False)
     monkeypatch.setattr(
         torch.hub, "download_url_to_file", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("offline"))
     )
@@ -41,11 +42,12 @@ def test_full_evaluation_reports_every_metric_or_why_not(tmp_path, monkeypatch):
     clips = list(clips_with_test_frames(dest))
     model = DisCoHead.from_variant("tps-dm", image_size=32, **WIDTHS["tiny"])
     result = evaluate(model, clips, Scorers.load(), batch_size=8)
-    assert set(result.unavailable) == {"lpips", "fid"} and all(
+    assert set(result.unavailable) == {"lpips", "fid", *LIP_SYNC} and all(
         "unavailable: provide" in why for why in result.unavailable.values()
     )
+    assert result.unavailable["lse_c"].startswith("unavailable: provide syncnet_v2.model (sha256 961e8696")
     for system in ("model", "copy", "warp"):
-        assert set(result.systems[system]) == set(METRICS) - {"lpips", "fid"}
+        assert set(result.systems[system]) == set(METRICS) - {"lpips", "fid", *LIP_SYNC}
     assert set(result.disentanglement) == set(DISENTANGLEMENT)
     assert result.frames == 20 and result.clips == 2 and result.grid.shape == (4 * 32, 6 * 32, 3)
     # The copy baseline by hand: each test frame against its clip's first frame.
@@ -65,3 +67,84 @@ def test_full_evaluation_reports_every_metric_or_why_not(tmp_path, monkeypatch):
         "undefined values (e.g. a share of no change) are left out"
     )
     assert not any("lpips" in key or "fid" in key for key in flat), "an unavailable metric is never logged as a number"
+
+
+def test_lip_sync_is_scored_for_model_and_baselines_on_clips_with_audio(tmp_path):
+    """The LSE plumbing with a stand-in SyncNet (random weights): which clips, systems and numbers, not their values."""
+    import torch
+
+    from discohead.evaluation import FACE_METRICS, LIP_SYNC, Scorers, evaluate
+    from discohead.metric_networks import SyncNet
+
+    dest = str(tmp_path / "shards")
+    write_synthetic_shards(dest, clips=2, frames_per_clip=16, image_size=32, chunk_frames=8)
+    clips = list(clips_with_test_frames(dest))
+    assert clips[0].frame_index.tolist() == list(range(8, 16)) and clips[0].origin == "synthetic://synthetic-0-000"
+    clips[0].waveform = np.random.default_rng(0).normal(scale=0.1, size=8 * 640).astype(np.float32)
+    torch.manual_seed(0)
+    model = DisCoHead.from_variant("affine-nm", image_size=32, **WIDTHS["tiny"])
+    skipped = {name: "not measured" for name in ("lpips", "fid", *FACE_METRICS)}
+    scorers = Scorers(syncnet=SyncNet().eval(), unavailable=skipped)
+    result = evaluate(model, clips, scorers, batch_size=3)  # windows straddle batches
+    for system in ("model", "copy", "warp"):
+        scores = result.systems[system]
+        assert scores["lse_d"] > 0 and scores["lse_c"] >= 0 and -15 <= scores["lse_offset"] <= 15
+    assert not set(LIP_SYNC) & set(result.unavailable)
+
+    clips[0].waveform, clips[0].audio_note = None, "synthetic://synthetic-0-000: cannot read its audio"
+    result = evaluate(model, clips, scorers, batch_size=3)
+    assert result.unavailable["lse_d"] == (
+        "unavailable: no clip's audio could be used (synthetic://synthetic-0-000: cannot read its audio)"
+    )
+    assert "lse_d" not in result.systems["model"]
+
+
+def test_lip_sync_stream_matches_one_pass_over_the_clip():
+    """Windows computed batch by batch (4 frames carried over) are the windows of the whole clip at once."""
+    import torch
+
+    from discohead.evaluation import _LipStream
+    from discohead.metric_networks import SyncNet, syncnet_frames
+
+    torch.manual_seed(0)
+    network = SyncNet().eval()
+    frames = torch.rand(9, 3, 32, 32)
+    stream = _LipStream()
+    for start in range(0, 9, 2):
+        stream.push(network, frames[start : start + 2])
+    whole = network.lip_windows(syncnet_frames(frames))
+    assert stream.frames == 9 and torch.allclose(torch.cat(stream.features), whole, atol=1e-4)
+
+
+def test_attach_audio_reads_the_clip_file_and_refuses_other_audio(tmp_path):
+    import wave
+
+    import torch
+
+    from discohead.audio import clip_windows
+    from discohead.evaluation import ClipFrames, attach_audio
+
+    rng = np.random.default_rng(0)
+
+    def write_wav(path, samples):
+        pcm = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2")
+        with wave.open(str(path), "wb") as handle:
+            handle.setnchannels(1), handle.setsampwidth(2), handle.setframerate(16000)
+            handle.writeframes(pcm.tobytes())
+        return pcm.astype(np.float32) / 32768
+
+    speech = write_wav(tmp_path / "clip.wav", rng.normal(scale=0.1, size=30 * 640))  # 30 frames at 25 fps
+    write_wav(tmp_path / "other.wav", rng.normal(scale=0.1, size=30 * 640))
+    mel = clip_windows(torch.from_numpy(speech), 30).numpy().astype(np.float16)
+    test = slice(20, 30)  # the clip's last 10 frames are its test frames
+
+    def clip(origin):
+        frames = np.zeros((10, 8, 8, 3), np.uint8)
+        return ClipFrames("c", frames[0], frames, mel[test], np.zeros((10, 4)), origin, np.arange(20, 30))
+
+    clips = [clip(str(tmp_path / "clip.wav")), clip(str(tmp_path / "other.wav")), clip(str(tmp_path / "gone.wav"))]
+    attach_audio(clips)
+    np.testing.assert_array_equal(clips[0].waveform, speech[20 * 640 : 30 * 640])
+    assert clips[0].audio_note == ""
+    assert clips[1].waveform is None and "not the audio in the shards" in clips[1].audio_note
+    assert clips[2].waveform is None and "gone.wav: cannot read its audio" in clips[2].audio_note
