@@ -222,4 +222,15 @@ class Manifest:
         path = f"{root}/{MANIFEST_NAME}"
         if not fs.exists(path):
             raise FileNotFoundError(f"{dest} has no {MANIFEST_NAME}: run pipelines/preprocess.py --output {dest} first")
-        return cls.from_json(json.loads(fs.cat_file(path)), where=dest)
+        shown = f"{dest.rstrip('/')}/{MANIFEST_NAME}"
+        try:
+            values = json.loads(fs.cat_file(path))
+            return cls.from_json(values, where=dest)
+        except ShardFormatError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            # Empty or cut short by a crash, or edited: the commits still say what is stored.
+            raise ShardFormatError(
+                f"{shown} is damaged ({type(error).__name__}: {error}); rerun pipelines/preprocess.py with the same "
+                f"--input and --output {dest}: it rebuilds the manifest from the commit records"
+            ) from None

@@ -64,33 +64,71 @@ def _local_target(final_path: str) -> tuple[Path, Path]:
     return final, final.with_name(f".{final.name}.partial")
 
 
+def fsync_file(path: str | Path) -> None:
+    """Force a file's bytes to disk.
+
+    A rename is atomic but says nothing about the data: after a power loss the new name
+    can point at an empty or partial file. Syncing before the rename closes that gap.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(path: str | Path) -> None:
+    """Force a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder; the rename itself still happened
+        pass
+    finally:
+        os.close(fd)
+
+
 def publish_file(local_path: str | Path, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
     """Move a finished local file to ``final_path``, where it appears all at once.
 
     Locally: a rename when both are on one filesystem, else a copy next to the target
-    under a dot-name and a rename. Object stores show an object only once its upload
-    completes, so a plain PUT is already atomic. The local file is gone afterwards.
+    under a dot-name and a rename; the bytes are synced to disk before the rename and the
+    rename after it, so a power loss leaves the file either complete or absent. Object
+    stores show an object only once its upload completes, so a plain PUT is already
+    atomic. The local file is gone afterwards.
     """
     if is_local(fs):
         final, partial = _local_target(final_path)
+        fsync_file(local_path)
         try:
             os.replace(local_path, final)
+            fsync_folder(final.parent)
             return
         except OSError as error:
             if error.errno != errno.EXDEV:
                 raise
         fs.put_file(str(local_path), str(partial))
+        fsync_file(partial)
         os.replace(partial, final)
+        fsync_folder(final.parent)
     else:
         fs.put_file(str(local_path), final_path)
     os.unlink(local_path)
 
 
 def publish_bytes(data: bytes, fs: fsspec.AbstractFileSystem, final_path: str) -> None:
-    """Write a small file (a commit record, the manifest) so that it appears all at once."""
+    """Write a small file (a commit record, the manifest) so that it appears all at once,
+    complete, even across a power loss (synced before its rename, the rename synced after)."""
     if is_local(fs):
         final, partial = _local_target(final_path)
-        partial.write_bytes(data)
+        with open(partial, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(partial, final)
+        fsync_folder(final.parent)
     else:
         fs.pipe_file(final_path, data)

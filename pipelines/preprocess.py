@@ -30,9 +30,9 @@ from discohead.contracts import MANIFEST_NAME, SPLITS, ClipConfig
 from discohead.data.clips import SKIP_REASONS, assign_clip_splits, clip_id_for, process_clip
 from discohead.data.landmarks import BackendUnavailable, load_landmark_backend
 from discohead.data.shards import ShardWriterTask, load_commits, remove_outputs
-from discohead.data.sources import expand_input, fetch_to_local
-from discohead.data.video import MediaError
-from discohead.manifest import ClipRecord, Manifest, config_hash, settings_json
+from discohead.data.sources import fetch_to_local, is_url, list_sources
+from discohead.data.video import MediaError, ffmpeg_timeout
+from discohead.manifest import ClipRecord, Manifest, ShardFormatError, config_hash, settings_json
 from discohead.storage import filesystem_for, s3_options
 from pipelines.cli import UsageError, run_job
 
@@ -65,6 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL from the environment)",
     )
+    parser.add_argument(
+        "--ffmpeg-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="kill an ffmpeg run after this many seconds and skip its clip as `timeout` (default: 60 + 10 x "
+        "--max-seconds; not a shard setting, so changing it does not invalidate DEST)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete DEST's previous output and redo every clip")
     parser.add_argument(
         "--ray-address",
@@ -77,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.config = flags.build(ClipConfig, ClipConfig(), flags.given(args, ClipConfig))
     except ValueError as error:
         parser.error(str(error))
+    if args.ffmpeg_timeout is not None and not args.ffmpeg_timeout > 0:
+        parser.error(f"--ffmpeg-timeout must be positive, not {args.ffmpeg_timeout:g}")
     return args
 
 
@@ -93,27 +103,54 @@ def options_for(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_input(row: dict[str, Any], storage_options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Stage 1: one ``--input`` value to the files it names (a miss becomes a ``not_found`` row)."""
+    """Stage 1: one ``--input`` value to the files it names.
+
+    A miss becomes a ``not_found`` row, an input (or an entry of a list file) that cannot
+    be read an ``unreadable_input`` row. Each file carries a ``key``, its real path (on
+    the node that listed it), so the driver keeps one name per file across inputs.
+    """
     spec = row["input"]
     try:
-        found = expand_input(spec, options_for(spec, storage_options))
+        found, problems = list_sources(spec, options_for(spec, storage_options))
     except (OSError, ValueError) as error:
-        return [{"input": spec, "source": None, "error": f"{type(error).__name__}: {error}"}]
-    if not found:
-        return [{"input": spec, "source": None, "error": "matches no file"}]
-    return [{"input": spec, "source": source, "error": None} for source in found]
+        return [
+            {
+                "input": spec,
+                "source": None,
+                "key": None,
+                "reason": "unreadable_input",
+                "error": f"{type(error).__name__}: {error}",
+            }
+        ]
+    rows = [
+        {"input": problem.entry, "source": None, "key": None, "reason": problem.reason, "error": problem.detail}
+        for problem in problems
+    ]
+    if not found and not problems:
+        return [{"input": spec, "source": None, "key": None, "reason": "not_found", "error": "matches no file"}]
+    return rows + [
+        {"input": spec, "source": s, "key": s if is_url(s) else os.path.realpath(s), "reason": None, "error": None}
+        for s in found
+    ]
 
 
 class ClipProcessor:
     """Stages 2-7 for one clip per call; the landmark model loads once per actor."""
 
-    def __init__(self, backend_name: str, config: ClipConfig, storage_options: dict[str, Any]):
+    def __init__(
+        self,
+        backend_name: str,
+        config: ClipConfig,
+        storage_options: dict[str, Any],
+        ffmpeg_timeout_s: float | None = None,
+    ):
         import torch
 
         torch.set_num_threads(1)
         self.backend, _ = load_landmark_backend(backend_name)
         self.config = config
         self.storage_options = storage_options
+        self.ffmpeg_timeout_s = ffmpeg_timeout_s
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         source, clip_id = row["source"], row["clip_id"]
@@ -123,7 +160,15 @@ class ClipProcessor:
                 local = fetch_to_local(source, scratch, options_for(source, self.storage_options))
                 if not os.path.exists(local):
                     raise MediaError("not_found", "the file does not exist")
-                result = process_clip(local, source, clip_id, self.backend, self.config, row["split"] or None)
+                result = process_clip(
+                    local,
+                    source,
+                    clip_id,
+                    self.backend,
+                    self.config,
+                    row["split"] or None,
+                    ffmpeg_timeout_s=self.ffmpeg_timeout_s,
+                )
                 record, samples = result.record, result.samples
             except MediaError as error:
                 record, samples = ClipRecord(clip_id, source, "skipped", error.reason, error.detail), []
@@ -159,14 +204,18 @@ class ShardDatasink(Datasink):
         return self.target_bytes
 
     def write(self, blocks, ctx) -> str:
-        """Write this task's clips; returns the commit name (the driver rereads all commits)."""
-        writer = ShardWriterTask(
+        """Write this task's clips; returns the commit name (the driver rereads all commits).
+
+        The writer's staging folder is removed if anything fails (a local temporary folder
+        for object storage, which no later run would clean).
+        """
+        with ShardWriterTask(
             self.dest, self.storage_options, f"{self.run_id}-{ctx.task_idx:05d}", self.target_bytes
-        )
-        for block in blocks:
-            for row in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
-                writer.add_clip(ClipRecord(**json.loads(row["record"])), pickle.loads(row["payload"]))
-        return writer.commit(extra={"config_hash": self.config_hash})["name"]
+        ) as writer:
+            for block in blocks:
+                for row in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
+                    writer.add_clip(ClipRecord(**json.loads(row["record"])), pickle.loads(row["payload"]))
+            return writer.commit(extra={"config_hash": self.config_hash})["name"]
 
 
 # --- driver ------------------------------------------------------------------------
@@ -192,9 +241,9 @@ def list_inputs(inputs: list[str], storage_options: dict[str, Any]) -> tuple[lis
     sources, skipped, seen = [], [], set()
     for row in rows:
         if row["source"] is None:
-            skipped.append(ClipRecord(None, row["input"], "skipped", "not_found", row["error"]))
-        elif row["source"] not in seen:
-            seen.add(row["source"])
+            skipped.append(ClipRecord(None, row["input"], "skipped", row["reason"], row["error"]))
+        elif row["key"] not in seen:  # one file named by two inputs (or two names) is one clip
+            seen.add(row["key"])
             sources.append(row["source"])
     return sources, skipped
 
@@ -225,6 +274,14 @@ def print_summary(
     print(f"  wall time       {wall_seconds:.1f}s including Ray start-up and listing")
 
 
+def read_commits(fs, root: str) -> list[dict[str, Any]]:
+    """The complete commits under DEST (repairing what a crash left); a damaged one is a one-line error."""
+    try:
+        return load_commits(fs, root)
+    except ShardFormatError as error:
+        raise UsageError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.time()
     config: ClipConfig = args.config
@@ -233,13 +290,13 @@ def run(args: argparse.Namespace) -> int:
     fs, root = filesystem_for(args.output, dest_options)
     if args.overwrite:
         remove_outputs(fs, root)
+    commits = read_commits(fs, root)  # before Ray starts: a damaged DEST is refused at once
 
     ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
     cpus = ray.cluster_resources().get("CPU", 1)
     backend_name = resolve_backend(args.landmarks)
     digest = config_hash(settings_json(config, backend_name))
 
-    commits = load_commits(fs, root)
     other = {commit.get("config_hash") for commit in commits} - {digest}
     if other:
         raise UsageError(
@@ -272,14 +329,19 @@ def run(args: argparse.Namespace) -> int:
         process_started = time.perf_counter()
         dataset = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
             ClipProcessor,
-            fn_constructor_kwargs={"backend_name": backend_name, "config": config, "storage_options": storage_options},
+            fn_constructor_kwargs={
+                "backend_name": backend_name,
+                "config": config,
+                "storage_options": storage_options,
+                "ffmpeg_timeout_s": args.ffmpeg_timeout,
+            },
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1,
         )
         sink = ShardDatasink(args.output, dest_options, run_id, int(args.shard_size_mb * 1024 * 1024), digest)
         dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0})
         process_seconds = time.perf_counter() - process_started
-        commits = load_commits(fs, root)
+        commits = read_commits(fs, root)
         this_run = [clip for commit in commits if commit["name"].startswith(run_id) for clip in commit["clips"]]
         processed_frames = sum(clip["frames"] for clip in this_run)
         decoded_frames = sum(clip.get("decoded_frames", 0) for clip in this_run)
@@ -292,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
         "processed_clips": len(todo),
         "workers": workers,
         "cluster_cpus": cpus,
+        "ffmpeg_timeout_s": args.ffmpeg_timeout or ffmpeg_timeout(config.max_seconds),
         "processed_frames": processed_frames,
         "decoded_frames": decoded_frames,
         "process_seconds": round(process_seconds, 3),

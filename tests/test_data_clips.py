@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from discohead.data.clips import SKIP_REASONS, ClipConfig, assign_clip_splits, c
 from discohead.data.landmarks import load_landmark_backend
 from discohead.data.shards import decode_sample
 from discohead.data.synthetic import SyntheticClip, write_synthetic_video
+from discohead.data.video import ffmpeg_executable
 
 from conftest import EXPECTED_OUTCOMES
 
@@ -140,3 +143,34 @@ def test_chunk_frames_sets_the_sample_length_and_the_time_split(synthetic_media,
     first = decode_sample(result.samples[1][1])
     assert first["frames"].shape[0] == 12 and first["meta"]["first_frame"] == 12
     assert result.record.frames == 60 and config.to_json()["chunk_frames"] == 12
+
+
+def raw_stream_of(video, folder):
+    """The video stream of ``video`` as a raw .h264 file: no container, so no duration."""
+    path = folder / "stream.h264"
+    command = [ffmpeg_executable(), "-v", "error", "-y", "-i", str(video), "-an", "-c:v", "copy", "-f", "h264"]
+    subprocess.run([*command, str(path)], check=True, capture_output=True)
+    return path
+
+
+def test_a_stream_without_duration_is_cut_at_max_seconds_and_recorded_too_long(tmp_path, synthetic_media, backend):
+    stream = raw_stream_of(synthetic_media["good_a.mp4"], tmp_path)
+    kept = process_clip(stream, "s", "s", backend, ClipConfig(image_size=64, allow_silent=True), "train")
+    assert kept.record.status == "ok" and kept.record.decoded_frames == 60, kept.record.detail
+    config = ClipConfig(image_size=64, allow_silent=True, max_seconds=1.0)
+    result = process_clip(stream, "s", "s", backend, config, "train")
+    assert (result.record.status, result.record.reason) == ("skipped", "too_long"), result.record.detail
+    assert "--max-seconds 1" in result.record.detail and not result.samples
+
+
+def test_a_playlist_naming_another_video_is_not_a_video(tmp_path, synthetic_media, backend):
+    playlist = tmp_path / "clip.m3u8"
+    target = synthetic_media["good_a.mp4"]
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:2.4,\n{target}\n#EXT-X-ENDLIST\n")
+    result = process_clip(playlist, "p", "p", backend, CONFIG, "train")
+    assert result.record.reason == "not_a_video", result.record.status
+
+
+def test_an_ffmpeg_run_past_its_timeout_skips_the_clip(synthetic_media, backend):
+    result = process_clip(synthetic_media["good_a.mp4"], "a", "a", backend, CONFIG, "train", ffmpeg_timeout_s=0.001)
+    assert result.record.reason == "timeout" and result.record.reason in SKIP_REASONS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,91 @@ def test_shards_on_s3(s3_server):
     Manifest.build(ClipConfig(), "dlib", load_commits(s3, root)).write(dest, options)
     assert sorted(fs.ls("shards-test/prepared/train")) == ["shards-test/prepared/train/shard-run-00000-000.tar"]
     assert [sample["__key__"] for sample in iter_split(dest, "test", options)] == ["b_0000"]
+
+
+# --- crashes and failed writes (issue 11, items 4 and 5) ----------------------------
+
+
+def test_published_files_are_synced_before_their_rename(tmp_path, monkeypatch):
+    """Without fsync a power loss can leave a renamed commit record or manifest empty."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("rename", str(source), str(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    commit = write_clips(str(tmp_path), "run-00000", {"a": ["train"], "b": ["test"]})
+    fs, root = filesystem_for(str(tmp_path))
+    Manifest.build(ClipConfig(), "dlib", load_commits(fs, root)).write(str(tmp_path))
+    renames = [event for event in events if event[0] == "rename"]
+    published = {Path(target).relative_to(tmp_path).as_posix() for _, _, target in renames}
+    assert published == {f"{COMMITS_DIR}/run-00000.json", MANIFEST_NAME, *commit["shards"]}
+    for rename in renames:
+        index = events.index(rename)
+        assert ("fsync", rename[1]) in events[:index], f"{rename[2]} renamed before its bytes were synced"
+        assert ("fsync", str(Path(rename[2]).parent)) in events[index:], f"rename to {rename[2]} not synced"
+
+
+def test_an_empty_commit_record_left_by_a_crash_is_rolled_back(tmp_path):
+    write_clips(str(tmp_path), "run-00000", {"a": ["train"]})
+    crashed = write_clips(str(tmp_path), "run-00001", {"b": ["train"], "c": ["test"]})
+    (tmp_path / COMMITS_DIR / "run-00001.json").write_bytes(b"")
+    fs, root = filesystem_for(str(tmp_path))
+    assert [commit["name"] for commit in load_commits(fs, root)] == ["run-00000"]
+    assert not any((tmp_path / shard).exists() for shard in crashed["shards"])  # its clips are redone
+    assert not (tmp_path / COMMITS_DIR / "run-00001.json").exists()
+
+
+@pytest.mark.parametrize("content", ['{"name": "run-00001", "shards": ["train/', '{"name": "run-00001"}', "[]"])
+def test_a_damaged_commit_record_is_a_one_line_error_naming_it(tmp_path, content):
+    damaged = write_clips(str(tmp_path), "run-00001", {"b": ["train"]})
+    record = tmp_path / COMMITS_DIR / "run-00001.json"
+    record.write_text(content)
+    fs, root = filesystem_for(str(tmp_path))
+    with pytest.raises(ShardFormatError) as error:
+        load_commits(fs, root)
+    assert str(record) in str(error.value) and "\n" not in str(error.value)
+    assert record.exists() and (tmp_path / damaged["shards"][0]).exists(), "nothing is deleted on a guess"
+
+
+@pytest.mark.parametrize("content", ["", '{"format_version": 1, "config": {', '{"format_version": 1}'])
+def test_a_damaged_manifest_is_a_one_line_error_naming_it(tmp_path, content):
+    (tmp_path / MANIFEST_NAME).write_text(content)
+    with pytest.raises(ShardFormatError) as error:
+        Manifest.read(str(tmp_path))
+    message = str(error.value)
+    assert f"{tmp_path}/{MANIFEST_NAME}" in message and "rebuilds" in message and "\n" not in message
+
+
+def test_a_failed_upload_leaves_no_staging_tar_behind(s3_server, monkeypatch):
+    s3_server.filesystem().mkdir("failed-upload")
+    writer = ShardWriterTask("s3://failed-upload/prepared", s3_server.storage_options, "run-00000", 10**9)
+    writer.add_clip(
+        ClipRecord("a", "/videos/a.mp4", "ok", frames=CHUNK_FRAMES, fps=25.0), [("train", fake_sample("a", 0))]
+    )
+    assert any(Path(writer._workdir).iterdir())
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("upload refused by the store")
+
+    monkeypatch.setattr(writer.fs, "put_file", refuse)  # the tar's upload, after the commit record's
+    with pytest.raises(PermissionError):
+        writer.commit()
+    assert not Path(writer._workdir).exists()
+
+
+def test_a_write_task_that_fails_before_committing_removes_its_staging(tmp_path):
+    with pytest.raises(RuntimeError, match="block could not be read"):
+        with ShardWriterTask(str(tmp_path), None, "run-00000", 10**9) as writer:
+            writer.add_clip(
+                ClipRecord("a", "/videos/a.mp4", "ok", frames=CHUNK_FRAMES, fps=25.0), [("train", fake_sample("a", 0))]
+            )
+            raise RuntimeError("block could not be read")
+    assert not Path(writer._workdir).exists()

@@ -34,10 +34,46 @@ def test_list_file_relative_entries_and_missing_ones_kept(tmp_path):
     assert [Path(p).name for p in found] == ["one.mp4", "missing.mp4"]
 
 
+def test_a_symlink_loop_under_a_glob_lists_each_file_once(tmp_path):
+    """Python's ``**`` re-enters a loop until the OS refuses: one file, dozens of clip ids."""
+    make_tree(tmp_path)
+    (tmp_path / "a" / "up").symlink_to("..")
+    (tmp_path / "alias.mp4").symlink_to(tmp_path / "a" / "one.mp4")
+    found = expand_input(str(tmp_path / "**" / "*.mp4"))
+    assert found == [str(tmp_path / "a" / "one.mp4")]
+    assert [Path(p).name for p in expand_input(str(tmp_path / "**" / "*"))] == ["one.mp4", "two.mpg"]
+    assert [Path(p).name for p in expand_input(str(tmp_path))] == ["one.mp4", "two.mpg"]  # folder mode too
+
+
+def test_folder_mode_skips_hidden_folders_below_the_input_only(tmp_path):
+    root = tmp_path / ".videos" / "set"  # the input itself may live in a hidden folder
+    make_tree(root)
+    (root / ".cache").mkdir()
+    (root / ".cache" / "copy.mp4").write_bytes(b"c")
+    (root / "a" / ".thumbs").mkdir()
+    (root / "a" / ".thumbs" / "t.jpg").write_bytes(b"t")
+    assert [Path(p).name for p in expand_input(str(root))] == ["one.mp4", "two.mpg"]
+
+
+def test_one_unreadable_list_entry_is_reported_and_the_rest_kept(tmp_path):
+    from discohead.data.sources import Unreadable, list_sources
+
+    make_tree(tmp_path)
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("a/one.mp4\nnosuch://bucket/clip.mp4\ntwo.mpg\n")
+    assert [Path(p).name for p in expand_input(str(listing))] == ["one.mp4", "two.mpg"]
+    found, problems = list_sources(str(listing))
+    assert [Path(p).name for p in found] == ["one.mp4", "two.mpg"]
+    assert problems == [Unreadable("nosuch://bucket/clip.mp4", "unreadable_input", problems[0].detail)]
+    assert "nosuch" in problems[0].detail and "\n" not in problems[0].detail
+
+
 def test_s3_prefix_glob_and_fetch(s3_server, tmp_path):
     fs = s3_server.filesystem()
     fs.mkdir("sources-test")
-    fs.pipe({"sources-test/raw/x/one.mp4": b"1", "sources-test/raw/two.mp4": b"2"})
+    fs.pipe(
+        {"sources-test/raw/x/one.mp4": b"1", "sources-test/raw/two.mp4": b"2", "sources-test/raw/.tmp/three.mp4": b"3"}
+    )
     options = s3_server.storage_options
     assert expand_input("s3://sources-test/raw", options) == [
         "s3://sources-test/raw/two.mp4",

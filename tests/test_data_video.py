@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import subprocess
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from discohead.data.video import (
     MediaError,
+    ffmpeg_executable,
+    ffmpeg_timeout,
     iter_video_frames,
     parse_ffmpeg_report,
     probe,
@@ -121,3 +129,119 @@ def test_reconcile_pads_small_gaps_and_trims_video_to_short_audio():
     assert frames == 50 and len(audio) == 2 * rate and "shorter" in note
     frames, audio, _ = reconcile_lengths(50, np.ones(5 * rate, np.float32), fps, rate, tolerance_s=0.2)
     assert len(audio) == 2 * rate
+
+
+# --- bounds, timeouts and the format whitelist (issue 11, items 6 and 7) -------------
+
+
+def ffmpeg_make(path: Path, *args: str) -> Path:
+    """Write a test file with the bundled ffmpeg (unfenced: the inputs are its own generators)."""
+    command = [ffmpeg_executable(), "-hide_banner", "-v", "error", "-y", *args, str(path)]
+    subprocess.run(command, check=True, capture_output=True)
+    return path
+
+
+PICTURE = ["-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=1"]
+TONE = ["-f", "lavfi", "-i", "sine=frequency=440:duration=1"]
+FORMATS = {
+    # name: (ffmpeg arguments, has video, has audio)
+    "clip.mp4": ([*PICTURE, *TONE, "-c:v", "libx264", "-c:a", "aac"], True, True),
+    "clip.mov": ([*PICTURE, *TONE, "-c:v", "libx264", "-c:a", "aac"], True, True),
+    "clip.mpg": ([*PICTURE, *TONE, "-c:v", "mpeg1video", "-c:a", "mp2"], True, True),
+    "clip.webm": ([*PICTURE, *TONE, "-c:v", "libvpx", "-c:a", "libopus", "-deadline", "realtime"], True, True),
+    "clip.mkv": ([*PICTURE, *TONE, "-c:v", "libx264", "-c:a", "flac"], True, True),
+    "clip.avi": ([*PICTURE, *TONE, "-c:v", "mjpeg", "-c:a", "pcm_s16le"], True, True),
+    "clip.ts": ([*PICTURE, *TONE, "-c:v", "libx264", "-c:a", "aac", "-f", "mpegts"], True, True),
+    "clip.h264": ([*PICTURE, "-c:v", "libx264", "-f", "h264"], True, False),
+    "speech.m4a": ([*TONE, "-c:a", "aac"], False, True),
+    "speech.wav": ([*TONE], False, True),
+    "speech.mp3": ([*TONE, "-c:a", "libmp3lame"], False, True),
+    "speech.flac": ([*TONE], False, True),
+    "speech.ogg": ([*TONE, "-c:a", "libvorbis"], False, True),
+    "speech.aac": ([*TONE, "-c:a", "aac", "-f", "adts"], False, True),
+    "face.png": ([*PICTURE, "-frames:v", "1"], True, False),
+    "face.jpg": ([*PICTURE, "-frames:v", "1"], True, False),
+}
+
+
+@pytest.fixture(scope="module")
+def media_formats(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("formats")
+    return {name: ffmpeg_make(folder / name, *FORMATS[name][0]) for name in FORMATS}
+
+
+@pytest.fixture(scope="module")
+def raw_h264(tmp_path_factory) -> Path:
+    """A raw H.264 stream: 3 s of video in a container that reports no duration at all."""
+    return ffmpeg_make(
+        tmp_path_factory.mktemp("raw") / "stream.h264",
+        "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=3", "-c:v", "libx264", "-f", "h264",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_every_accepted_format_still_probes_and_decodes(name, media_formats):
+    """The whitelist must not lose a real format: containers, raw streams, audio, stills."""
+    _, has_video, has_audio = FORMATS[name]
+    info, waveform = probe_and_decode_audio(media_formats[name], 16000)
+    assert (info.has_video, info.has_audio) == (has_video, has_audio)
+    if has_audio:
+        assert len(waveform) > 0.5 * 16000
+    if has_video:
+        assert len(list(iter_video_frames(media_formats[name], 25, 32, 24))) >= 1
+
+
+def test_every_shared_sample_still_probes(shared_data):
+    samples = sorted(path for path in shared_data.rglob("*") if path.is_file() and path.suffix != ".md")
+    assert samples
+    for path in samples:
+        assert probe(path).has_video, path
+        frames = iter_video_frames(path, 25, 64, 64)
+        assert len(list(itertools.islice(frames, 3))) == 3, path
+        frames.close()
+
+
+def test_playlists_and_scripts_naming_other_files_are_not_followed(tmp_path, synthetic_media):
+    """An HLS playlist or a concat script would make ffmpeg open (and decode) any file it names."""
+    target = synthetic_media["good_a.mp4"]
+    playlist = tmp_path / "evil.m3u8"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:2.4,\n{target}\n#EXT-X-ENDLIST\n")
+    script = tmp_path / "evil.ffconcat"
+    script.write_text(f"ffconcat version 1.0\nfile '{target}'\n")
+    for path in (playlist, script):
+        with pytest.raises(MediaError, match="not_a_video"):
+            probe(path)
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(MediaError, match="not_a_video"):
+        probe_and_decode_audio(fifo, 16000)  # never opened: a pipe could block ffmpeg forever
+
+
+def test_decoding_is_bounded_when_the_container_reports_no_duration(raw_h264):
+    assert probe(raw_h264).duration is None
+    assert len(list(iter_video_frames(raw_h264, 25, 64, 48))) == 75
+    assert len(list(iter_video_frames(raw_h264, 25, 64, 48, max_seconds=1.0))) == 25  # ffmpeg -t
+    frames = []
+    with pytest.raises(MediaError, match="too_long"):
+        for frame in iter_video_frames(raw_h264, 25, 64, 48, max_frames=10):
+            frames.append(frame)
+    assert len(frames) == 10  # the cap is reported, not silently kept as a prefix
+    assert len(list(iter_video_frames(raw_h264, 25, 64, 48, max_frames=75))) == 75
+
+
+def test_every_ffmpeg_run_has_a_timeout(synthetic_media):
+    assert ffmpeg_timeout(600) == ffmpeg_timeout() == 60 + 10 * 600
+    path = synthetic_media["good_a.mp4"]
+    with pytest.raises(MediaError, match="timeout"):
+        probe_and_decode_audio(path, 16000, timeout_s=0.001)
+    with pytest.raises(MediaError, match="timeout"):
+        list(iter_video_frames(path, 25, 64, 48, timeout_s=0.001))
+
+
+def test_video_timeout_counts_only_the_wait_for_ffmpeg(synthetic_media):
+    """A slow consumer (the landmark pass) must not use up the decoder's budget."""
+    count = 0
+    for _ in iter_video_frames(synthetic_media["good_a.mp4"], 25, 64, 48, timeout_s=1.0):
+        time.sleep(0.05)
+        count += 1
+    assert count == 60  # 3 s of consuming under a 1 s budget

@@ -77,18 +77,45 @@ def test_direct_run_records_every_input_and_resumes(synthetic_media, tmp_path):
 
 
 def test_no_usable_clip_exits_non_zero_with_a_message(synthetic_media, tmp_path):
+    """Also the hostile inputs: a playlist naming a good clip elsewhere (refused, not decoded),
+    a list file with an unreachable entry (recorded, the rest kept) and a second name of
+    one file (listed once)."""
     dest = tmp_path / "prepared"
+    playlist = tmp_path / "elsewhere.m3u8"
+    target = synthetic_media["good_a.mp4"]
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:2.4,\n{target}\n#EXT-X-ENDLIST\n")
+    alias = tmp_path / "alias.mp4"
+    alias.symlink_to(synthetic_media["zero_bytes.mp4"])
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(f"{alias}\nnosuch://bucket/clip.mp4\n{playlist}\n")
     result = preprocess(
         "--input",
         str(synthetic_media["zero_bytes.mp4"]),
         "--input",
         str(synthetic_media["not_a_video.mp4"]),
+        "--input",
+        str(listing),
         "--output",
         str(dest),
         *FAST,
     )
     assert result.returncode == 1 and "no clip was written" in result.stderr and "Traceback" not in result.stderr
-    assert Manifest.read(str(dest)).totals.skipped_by_reason == {"empty_file": 1, "not_a_video": 1}
+    manifest = Manifest.read(str(dest))
+    assert manifest.totals.skipped_by_reason == {"empty_file": 1, "not_a_video": 2, "unreadable_input": 1}
+    assert {clip.source for clip in manifest.skipped if clip.reason == "unreadable_input"} == {
+        "nosuch://bucket/clip.mp4"
+    }
+
+
+def test_a_damaged_commit_record_is_refused_in_one_line(tmp_path):
+    dest = tmp_path / "prepared"
+    (dest / COMMITS_DIR).mkdir(parents=True)
+    record = dest / COMMITS_DIR / "20260101000000-abcdef-00000.json"
+    record.write_text('{"name": "20260101000000-abcdef-00000", "shards": [')
+    result = preprocess("--input", str(tmp_path), "--output", str(dest), *FAST, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("[preprocess] error")]
+    assert len(errors) == 1 and str(record) in errors[0], result.stderr[-3000:]
 
 
 def upload(s3_server, bucket: str, files: list[Path]) -> None:

@@ -23,20 +23,28 @@ from ..manifest import ClipRecord
 from .crop import crop_and_resize, crop_boxes, fill_missing, landmarks_to_crop
 from .landmarks import LandmarkBackend, track_largest_face
 from .shards import encode_sample
-from .video import MediaError, iter_video_frames, probe_and_decode_audio, reconcile_lengths, scaled_size
+from .video import (
+    MediaError,
+    ffmpeg_timeout,
+    iter_video_frames,
+    probe_and_decode_audio,
+    reconcile_lengths,
+    scaled_size,
+)
 
 SKIP_REASONS = {
     "empty_file": "the file has zero bytes",
-    "not_a_video": "ffmpeg does not recognise the file as media",
+    "not_a_video": "not a media file ffmpeg may open: unrecognised, or a playlist / script / device input",
     "corrupt": "truncated or damaged: frames or audio could not be decoded",
     "no_video_stream": "audio-only file",
     "no_audio_stream": "no audio stream (use --allow-silent to keep such clips)",
     "silent_audio": "the audio track is digital silence (use --allow-silent to keep such clips)",
     "too_short": "fewer usable frames than one chunk (--chunk-frames)",
-    "too_long": "longer than --max-seconds",
+    "too_long": "longer than --max-seconds (by its header, or by decoding when the header has no duration)",
     "no_face": "no face found in too many frames (--max-missing-face)",
     "not_found": "an --input (or a listed path) names no existing file",
-    "unreadable_input": "the input could not be fetched from storage",
+    "unreadable_input": "the input (or an entry of a list file) could not be read or fetched from storage",
+    "timeout": "ffmpeg ran past its timeout (--ffmpeg-timeout) on the file",
     "failed": "an unexpected error while processing (the detail has it)",
 }
 """Every skip reason the manifest can record, with what it means."""
@@ -108,24 +116,35 @@ def process_clip(
     backend: LandmarkBackend,
     config: ClipConfig,
     split: str | None = None,
+    *,
+    ffmpeg_timeout_s: float | None = None,
 ) -> ClipResult:
     """Decode, track, crop and chunk one local video; ``split`` is required in clip mode.
 
     ``source`` is what the manifest shows (the original URI); ``path`` is where the
-    bytes are now.
+    bytes are now. ``ffmpeg_timeout_s`` bounds each ffmpeg run (default: derived from
+    ``config.max_seconds`` by :func:`~discohead.data.video.ffmpeg_timeout`); it is not a
+    :class:`ClipConfig` field because it never changes a stored shard's bytes and a
+    slower machine must be able to raise it without invalidating the DEST it resumes.
     """
     record = ClipRecord(clip_id=clip_id, source=source, status="ok", fps=float(config.fps))
+    timeout_s = ffmpeg_timeout(config.max_seconds) if ffmpeg_timeout_s is None else ffmpeg_timeout_s
     try:
-        return _process(Path(path), record, backend, config, split)
+        return _process(Path(path), record, backend, config, split, timeout_s)
     except MediaError as error:
         return _skip(record, error.reason, error.detail)
 
 
+def max_clip_frames(config: ClipConfig) -> int:
+    """Most frames a clip of ``--max-seconds`` yields at the target fps, plus one of rounding slack."""
+    return int(config.max_seconds * config.fps + 1e-6) + 1
+
+
 def _process(
-    path: Path, record: ClipRecord, backend: LandmarkBackend, config: ClipConfig, split: str | None
+    path: Path, record: ClipRecord, backend: LandmarkBackend, config: ClipConfig, split: str | None, timeout_s: float
 ) -> ClipResult:
     sample_rate = config.mel.sample_rate
-    info, waveform = probe_and_decode_audio(path, sample_rate, config.max_seconds)
+    info, waveform = probe_and_decode_audio(path, sample_rate, config.max_seconds, timeout_s=timeout_s)
     if not info.has_video:
         return _skip(
             record,
@@ -160,12 +179,20 @@ def _process(
         if (crop_width, crop_height) == (detect_width, detect_height) and expected_bytes <= KEEP_FRAMES_BYTES
         else None
     )
-    track = track_largest_face(
-        _keeping(iter_video_frames(path, config.fps, detect_width, detect_height), kept),
-        backend,
-        scale=crop_width / detect_width,
-        detect_every=config.detect_every,
-    )
+    # Bounded whatever the header says (a raw .h264 stream has no duration): ffmpeg stops a
+    # second past the limit, and a frame past it ends the clip as too_long right away.
+    bounds = {"max_seconds": config.max_seconds + 1, "max_frames": max_clip_frames(config), "timeout_s": timeout_s}
+    try:
+        track = track_largest_face(
+            _keeping(iter_video_frames(path, config.fps, detect_width, detect_height, **bounds), kept),
+            backend,
+            scale=crop_width / detect_width,
+            detect_every=config.detect_every,
+        )
+    except MediaError as error:
+        if error.reason != "too_long":
+            raise
+        raise MediaError("too_long", f"{error.detail} > --max-seconds {config.max_seconds:g}") from None
     decoded = len(track)
     record.decoded_frames = decoded
     if info.duration and decoded < 0.9 * info.duration * config.fps - 2:
@@ -195,7 +222,7 @@ def _process(
     size = config.image_size
     crops = np.empty((num_frames, size, size, 3), np.uint8)
     cropped = 0
-    second_pass = kept if kept is not None else iter_video_frames(path, config.fps, crop_width, crop_height)
+    second_pass = kept if kept is not None else iter_video_frames(path, config.fps, crop_width, crop_height, **bounds)
     for index, frame in enumerate(second_pass):
         if index >= num_frames:
             break

@@ -11,6 +11,10 @@ A write task builds its tars in a staging folder, publishes its commit record, t
 publishes the tars (an atomic rename locally, a single PUT on object storage). A
 commit whose tars are not all there was interrupted: the next run deletes what it
 published and redoes its clips, so every clip ends up in the shards exactly once.
+Locally every published file is fsynced before its rename, so a power loss leaves a file
+either complete or absent; an empty commit record (left by a crash on a filesystem that
+still lost it) is rolled back the same way, and any other unreadable one stops the run
+with a one-line error naming it rather than being guessed at.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -129,7 +134,10 @@ class ShardWriterTask:
     """Packs the clips of one write task into tars of about ``target_bytes`` per split.
 
     A clip never straddles two tars of a split, so shards hold whole clips and a commit
-    record can list exactly which clips are complete.
+    record can list exactly which clips are complete. Use it as a context manager (or
+    call :meth:`abort`): when writing or publishing fails, the staging folder goes with
+    it. For object storage that folder is in the machine's temporary directory, where no
+    later run would find it, and a failed upload would leave up to a shard there.
     """
 
     def __init__(self, dest: str, storage_options: dict[str, Any] | None, name: str, target_bytes: int):
@@ -141,6 +149,22 @@ class ShardWriterTask:
         self._finished: list[tuple[str, str]] = []
         self._counter = 0
         self.records: list[ClipRecord] = []
+
+    def __enter__(self) -> ShardWriterTask:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop everything staged. What was already published stays for the next run to roll
+        back: its commit record names its tars, and only the next run knows no task is still
+        writing them."""
+        for shard in self._open.values():
+            shard.tar.close()
+        self._open.clear()
+        shutil.rmtree(self._workdir, ignore_errors=True)
 
     def _shard(self, split: str) -> _OpenShard:
         if split not in self._open:
@@ -171,19 +195,27 @@ class ShardWriterTask:
         self.records.append(record)
 
     def commit(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Publish the commit record, then the tars; returns the commit record."""
-        for split in list(self._open):
-            self._close(split)
-        commit = {
-            "name": self.name,
-            "format_version": SHARD_FORMAT_VERSION,
-            "shards": [relative for _, relative in self._finished],
-            "clips": [record.to_json() for record in self.records],
-            **(extra or {}),
-        }
-        publish_bytes(json.dumps(commit, indent=1).encode(), self.fs, f"{self.root}/{COMMITS_DIR}/{self.name}.json")
-        for local, relative in self._finished:
-            publish_file(local, self.fs, f"{self.root}/{relative}")
+        """Publish the commit record, then the tars; returns the commit record.
+
+        On failure the staging folder is removed (:meth:`abort`) and the error raised.
+        """
+        try:
+            for split in list(self._open):
+                self._close(split)
+            commit = {
+                "name": self.name,
+                "format_version": SHARD_FORMAT_VERSION,
+                "shards": [relative for _, relative in self._finished],
+                "clips": [record.to_json() for record in self.records],
+                **(extra or {}),
+            }
+            commit_path = f"{self.root}/{COMMITS_DIR}/{self.name}.json"
+            publish_bytes(json.dumps(commit, indent=1).encode(), self.fs, commit_path)
+            for local, relative in self._finished:
+                publish_file(local, self.fs, f"{self.root}/{relative}")
+        except BaseException:
+            self.abort()
+            raise
         os.rmdir(self._workdir)
         return commit
 
@@ -191,12 +223,37 @@ class ShardWriterTask:
 # --- resume ------------------------------------------------------------------------
 
 
+def _read_commit(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """A commit record, or ``None`` for an empty file (a crash between its creation and its
+    data reaching the disk: nothing in it was ever relied on).
+
+    Anything else that is not a commit record raises :class:`ShardFormatError` naming the
+    file: its tars may hold clips no other record lists, so it is not deleted on a guess.
+    """
+    data = fs.cat_file(path)
+    if not data.strip():
+        return None
+    try:
+        commit = json.loads(data)
+        if not (isinstance(commit["shards"], list) and isinstance(commit["clips"], list)):
+            raise TypeError("'shards' and 'clips' must be lists")
+    except (ValueError, KeyError, TypeError) as error:
+        name = Path(path).stem
+        raise ShardFormatError(
+            f"commit record {path} is damaged ({type(error).__name__}: {error}); move it and the tars named "
+            f"shard-{name}-*.tar out of DEST to redo its clips, or use --overwrite"
+        ) from None
+    return commit
+
+
 def load_commits(fs: fsspec.AbstractFileSystem, root: str, repair: bool = True) -> list[dict[str, Any]]:
     """Commit records whose tars all exist; interrupted ones are rolled back when ``repair``.
 
     Rolling back deletes the interrupted commit's published tars and its record, so its
     clips count as not done and are processed again, and removes what killed write tasks
-    left in the staging folder. Call it with ``repair`` only while no write task runs.
+    left in the staging folder. An empty record counts as interrupted: its tars are found
+    by name (``shard-<commit name>-*``). Call it with ``repair`` only while no write task
+    runs. Raises :class:`ShardFormatError` for a record that is damaged otherwise.
     """
     commit_dir = f"{root}/{COMMITS_DIR}"
     if repair and fs.exists(f"{root}/{STAGING_DIR}"):
@@ -216,13 +273,17 @@ def load_commits(fs: fsspec.AbstractFileSystem, root: str, repair: bool = True) 
     for path in sorted(fs.ls(commit_dir, detail=False)):
         if not path.endswith(".json"):
             continue
-        commit = json.loads(fs.cat_file(path))
-        if all(shard in existing for shard in commit["shards"]):
+        commit = _read_commit(fs, path)
+        if commit is not None and all(shard in existing for shard in commit["shards"]):
             complete.append(commit)
         elif repair:
-            for shard in commit["shards"]:
-                if shard in existing:
-                    fs.rm_file(f"{root}/{shard}")
+            if commit is not None:
+                published = [shard for shard in commit["shards"] if shard in existing]
+            else:
+                prefix = f"shard-{Path(path).stem}-"
+                published = [shard for shard in sorted(existing) if Path(shard).name.startswith(prefix)]
+            for shard in published:
+                fs.rm_file(f"{root}/{shard}")
             fs.rm_file(path)
     return complete
 
