@@ -54,14 +54,16 @@ def frame_windows(
     num_frames: int,
     fps: float = FPS,
     settings: MelSettings = MEL,
+    first: int = 0,
 ) -> torch.Tensor:
     """``(num_frames, n_mels, window_frames)``: the window centred on each video frame.
 
-    Frame ``i`` is centred at ``(i + 0.5) / fps`` seconds. Windows reaching past the end
-    of the audio are padded with the log-mel of silence.
+    Frame ``i`` is centred at ``(i + 0.5) / fps`` seconds; the frames are ``first`` to
+    ``first + num_frames - 1``, so generation can cut the windows of one batch at a time.
+    Windows reaching past the end of the audio are padded with the log-mel of silence.
     """
     width = settings.window_frames
-    centres = (torch.arange(num_frames, dtype=torch.float64) + 0.5) / fps * settings.frames_per_second
+    centres = (torch.arange(first, first + num_frames, dtype=torch.float64) + 0.5) / fps * settings.frames_per_second
     starts = torch.round(centres).long()
     needed = int(starts.max().item()) + width if num_frames else 0
     if needed > log_mel.shape[-1]:

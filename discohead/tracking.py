@@ -241,10 +241,10 @@ class MlflowReporter(Reporter):
         """Which chunks this worker read in its first pass: data lineage, and the proof that workers differ."""
         self.client.log_text(self.run_id, "\n".join(keys[:10_000]) + "\n", f"data/rank-{self.rank}-chunks.txt")
 
-    def finish(self, model: DisCoHead) -> None:
+    def finish(self, model: DisCoHead, config: TrainConfig) -> None:
         if self.rank != 0:
             return
-        log_model(self.uri, self.run_id, model, self.example, self.register, self.alias)
+        log_model(self.uri, self.run_id, model, self.example, self.register, self.alias, config.to_dict())
         self.client.set_terminated(self.run_id, "FINISHED")
         artifacts = self.client.get_run(self.run_id).info.artifact_uri
         print(
@@ -269,8 +269,13 @@ def log_model(
     example: Mapping[str, np.ndarray] | None,
     register: str | None = None,
     alias: str = "candidate",
+    train_config: dict[str, Any] | None = None,
 ) -> Any:
-    """Log ``model`` as the run's pyfunc ``model`` (code and checkpoint inside); register it when asked."""
+    """Log ``model`` as the run's pyfunc ``model`` (code and checkpoint inside); register it when asked.
+
+    ``train_config`` (``TrainConfig.to_dict()``) goes into the checkpoint, so whoever loads the
+    model knows how it was trained and which preprocessing its inputs need.
+    """
     import mlflow
     import torch
     from mlflow.models import infer_signature
@@ -293,7 +298,7 @@ def log_model(
         # The signature is given explicitly; MLflow's advice to add type hints to predict() does not apply.
         warnings.filterwarnings("ignore", message="(?s).*type hints to the `predict` method")
         path = Path(directory) / CHECKPOINT_FILE
-        torch.save(model.checkpoint(), path)
+        torch.save(model.checkpoint(**({"train_config": train_config} if train_config else {})), path)
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(PACKAGE_DIR / "mlflow_model.py"),

@@ -10,6 +10,7 @@ hyper-parameter is one new field here.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -141,6 +142,10 @@ class TrainConfig:
         default=None, metadata={"help": "S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)"}
     )
 
+    # set by resolve(), not a flag: the shards' preprocessing settings (ClipConfig and landmark
+    # backend), kept in every checkpoint so generation crops faces and cuts audio as training saw them
+    preprocessing: dict[str, Any] = field(default_factory=dict, metadata={"flag": False})
+
     def __post_init__(self) -> None:
         options = self.model_options
         if isinstance(options, (list, tuple)):  # KEY=VALUE strings from the command line
@@ -213,7 +218,13 @@ class TrainConfig:
             )
         # The model's audio input follows the shards' mel settings.
         options = {**self.model_options, "n_mels": manifest.mel.n_mels, "audio_frames": manifest.mel.window_frames}
-        resolved = dataclasses.replace(self, image_size=image_size, max_steps=max_steps, model_options=options)
+        resolved = dataclasses.replace(
+            self,
+            image_size=image_size,
+            max_steps=max_steps,
+            model_options=options,
+            preprocessing=manifest.config_json,
+        )
         resolved.model_config()  # raises ValueError for impossible sizes and widths
         return resolved
 
@@ -249,7 +260,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values (a checkpoint stores this; tensors-only loading accepts it)."""
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)} | {
-            "model_options": dict(self.model_options)
+            "model_options": dict(self.model_options),
+            "preprocessing": copy.deepcopy(self.preprocessing),
         }
 
     @classmethod
@@ -258,8 +270,11 @@ class TrainConfig:
         return cls(**{key: value for key, value in values.items() if key in known})
 
     def params(self, model: DisCoHeadConfig) -> dict[str, Any]:
-        """The MLflow params of a run: every field, the model's full config under ``model.``."""
-        values = {key: value for key, value in self.to_dict().items() if key != "model_options"}
+        """The MLflow params of a run: every field, the model's full config under ``model.``.
+
+        The preprocessing settings are not repeated here: the run's ``data_config_hash`` names them.
+        """
+        values = {key: value for key, value in self.to_dict().items() if key not in ("model_options", "preprocessing")}
         return values | {f"model.{key}": value for key, value in model.to_dict().items()}
 
 

@@ -232,7 +232,7 @@ class Reporter:
     def chunks_seen(self, keys: list[str]) -> None:
         pass
 
-    def finish(self, model: DisCoHead) -> None:
+    def finish(self, model: DisCoHead, config: TrainConfig) -> None:
         pass
 
 
@@ -365,5 +365,5 @@ def fit(
         if keys:
             report.chunks_seen(keys)
         epoch, done = epoch + 1, 0
-    report.finish(core)
+    report.finish(core, config)
     return core

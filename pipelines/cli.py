@@ -9,9 +9,9 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from discohead.errors import UsageError
 
-class UsageError(Exception):
-    """A problem the user fixes by changing the command line or the environment."""
+__all__ = ["UsageError", "run_job"]
 
 
 def run_job(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -38,7 +38,8 @@ def test_every_field_is_a_flag_and_only_given_flags_are_returned():
     parser = argparse.ArgumentParser()
     flags.add_flags(parser, TrainConfig)
     dests = {action.dest for action in parser._actions} - {"help"}
-    assert dests == {field.name for field in dataclasses.fields(TrainConfig)}
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    assert dests == fields - {"preprocessing"}  # set from the shards by resolve(), never by a flag
     args = parser.parse_args(
         ["--variant", "all", "--data", "d", "--lr", "0.5", "--model-option", "feature_channels=64", "--use-gpu"]
     )
@@ -97,6 +98,8 @@ def test_resolve_takes_size_steps_and_mel_settings_from_the_shards(manifest):
     assert resolved.max_steps == int(2.0 * manifest.chunks("train") * 2 // 2)
     model = resolved.model_config()
     assert (model.n_mels, model.audio_frames) == (manifest.mel.n_mels, manifest.mel.window_frames)
+    assert resolved.preprocessing == manifest.config_json  # generation crops and cuts audio as the shards did
+    assert "preprocessing" not in resolved.params(model)  # the run's data_config_hash names it
     with pytest.raises(ValueError, match="larger than the shards' 32 px"):
         TrainConfig(**{**TINY, "image_size": 64}).resolve(manifest)
 
