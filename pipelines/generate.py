@@ -47,12 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Rows:
-    """A Ray Data actor: the model built once from the shared checkpoint, then one row per call."""
+    """A Ray Data actor: the model built once from the checkpoint in the object store, then one row per call."""
 
-    def __init__(self, checkpoint: dict[str, Any], args: argparse.Namespace):
+    def __init__(self, checkpoint: ray.ObjectRef, args: argparse.Namespace):
         import torch
 
-        self.generator = Generator.from_checkpoint(checkpoint)
+        self.generator = Generator.from_checkpoint(ray.get(checkpoint))
         device = default_device(args.device) if torch.cuda.is_available() else "cpu"
         self.layout = {
             "grid": args.grid,
@@ -75,13 +75,14 @@ def run(args: argparse.Namespace) -> int:
     Generator.from_checkpoint(checkpoint)  # a checkpoint the workers cannot use fails here, in one line
     ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    replicas = args.concurrency or max(1, min(len(jobs), gpus or int(ray.cluster_resources().get("CPU", 1))))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    # Without GPUs, one CPU stays free for Ray Data's own tasks; all taken by actors, the job would wait forever.
+    replicas = args.concurrency or max(1, min(len(jobs), gpus or cpus - 1))
     print(
         f"[generate] {len(jobs)} videos on {replicas} model replica(s){' with a GPU each' if gpus else ''}", flush=True
     )
     results = (
-        ray.data.from_items(jobs)
-        .repartition(len(jobs))
+        ray.data.from_items(jobs, override_num_blocks=len(jobs))
         .map(
             Rows,
             fn_constructor_args=(ray.put(checkpoint), args),
