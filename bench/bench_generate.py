@@ -99,8 +99,9 @@ def end_to_end_fps(
 
 def peak_memory_mib(checkpoint: Path, files: dict[str, Path], audio: Path, output: Path) -> float:
     script = (
-        "import resource, sys; from discohead.cli import main; "
-        "code = main(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent at fork, VmHWM starts anew at exec
+        "import re, sys; from discohead.cli import main; code = main(sys.argv[1:]); "
+        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(code)"
     )
     command = [sys.executable, "-c", script, "generate", "--model", str(checkpoint), "--source", str(files["source"]),
                "--audio", str(audio), "--head-video", str(files["head"]), "--output", str(output)]  # fmt: skip

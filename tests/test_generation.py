@@ -251,8 +251,9 @@ def test_memory_stays_flat_as_the_audio_grows(trained, inputs, tmp_path):
     waveform, _ = speech_like_audio(60.0, 16_000, seed=22)
     write_wav(tmp_path / "long.wav", waveform, 16_000)
     script = (
-        "import resource, sys; from discohead.cli import main; "
-        "code = main(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent at fork, VmHWM starts anew at exec
+        "import re, sys; from discohead.cli import main; code = main(sys.argv[1:]); "
+        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(code)"
     )
     peaks = {}
     for name, audio in (("short", inputs["speech"]), ("long", tmp_path / "long.wav")):
