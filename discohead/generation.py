@@ -163,6 +163,7 @@ def source_face(path: str, config: ClipConfig, backend: LandmarkBackend) -> Sour
     """Crop the source: an image, or the first frame of a video in which a face is found."""
     file = _check_file(path, "--source")
     still = read_still(file)
+    decoding: Iterator[np.ndarray] | None = None
     if still is not None:
         width, height = scaled_size(still.shape[1], still.shape[0], config.max_frame_side)
         candidates: Iterator[np.ndarray] = iter([_resized(still, width, height)])
@@ -171,8 +172,8 @@ def source_face(path: str, config: ClipConfig, backend: LandmarkBackend) -> Sour
         if not info.has_video:
             raise UsageError(f"--source {path}: no picture in the file (audio only); give an image or a video")
         width, height = scaled_size(info.width, info.height, config.max_frame_side)
-        frames = iter_video_frames(file, config.fps, width, height)
-        candidates = itertools.islice(frames, int(SOURCE_SEARCH_SECONDS * config.fps))
+        decoding = iter_video_frames(file, config.fps, width, height)
+        candidates = itertools.islice(decoding, int(SOURCE_SEARCH_SECONDS * config.fps))
     try:
         for frame in candidates:
             landmarks = _face_in(frame, config, backend)
@@ -185,8 +186,8 @@ def source_face(path: str, config: ClipConfig, backend: LandmarkBackend) -> Sour
     except MediaError as error:
         raise UsageError(f"--source {path}: {error.detail}") from None
     finally:
-        if hasattr(candidates, "close"):
-            candidates.close()
+        if decoding is not None:
+            decoding.close()  # stops ffmpeg now, not when the generator is collected
     where = "the image" if still is not None else f"the first {SOURCE_SEARCH_SECONDS:g} s of the video"
     raise UsageError(f"--source {path}: no face found in {where}; give a picture with one clearly visible face")
 

@@ -185,11 +185,16 @@ def test_still_image_and_speech(reference, trained, inputs, tmp_path, request, m
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("reference", ["checkpoint", "run id"])
 @pytest.mark.parametrize("layout", ["drivers", "grid", "paste-back"])
-def test_layouts(layout, trained, inputs, tmp_path, capsys):
+def test_layouts(layout, reference, trained, inputs, tmp_path, request, monkeypatch, capsys):
     """(b) all three drivers, (c) the Fig. 2 grid, (d) pasted back into the source picture."""
+    model = str(trained)
+    if reference == "run id":
+        model = request.getfixturevalue("logged_run")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", request.getfixturevalue("mlflow_server"))
     output = tmp_path / f"{layout}.mp4"
-    args = ["--model", trained, "--source", inputs["source"], "--audio", inputs["speech"], "--output", output]
+    args = ["--model", model, "--source", inputs["source"], "--audio", inputs["speech"], "--output", output]
     if layout != "paste-back":
         args += ["--head-video", inputs["head"], "--eye-video", inputs["eyes"]]
     if layout in ("grid", "paste-back"):
@@ -205,6 +210,16 @@ def test_layouts(layout, trained, inputs, tmp_path, capsys):
     if layout == "paste-back":  # far from the face, every frame is the source picture itself
         source = np.asarray(Image.open(inputs["source"]).convert("RGB"), np.float32)
         assert np.abs(frames[:, :, :16].astype(np.float32) - source[None, :, :16]).mean() < 3.0
+
+
+def test_a_video_source_uses_its_first_frame_with_a_face_and_its_own_audio(trained, inputs, tmp_path):
+    """A video as the source and as the audio: its first face is the source, its sound drives the mouth."""
+    output = tmp_path / "from-video.mp4"
+    video = inputs["head"]
+    assert run("--model", trained, "--source", video, "--audio", video, "--output", output) == 0
+    info = streams(output)
+    assert f"{SIZE}x{SIZE}" in info["video"] and "aac" in info["audio"]
+    assert abs(float(info["seconds"]) - 2.4) <= 1 / FPS + 0.03
 
 
 BAD_INPUTS = {
