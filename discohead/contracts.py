@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .flags import check_range
+
 if TYPE_CHECKING:
     import torch
 
@@ -27,6 +29,11 @@ FPS = 25
 
 IMAGE_SIZE = 256
 """Side of the square face crop, in pixels (paper §3.2)."""
+
+MAX_IMAGE_SIZE = 1024
+"""Largest crop the jobs accept (4x the paper's). With :data:`MAX_CHUNK_FRAMES` it bounds a
+shard sample's largest member, ``frames.npy`` (768 MiB at most), below the readers'
+``discohead.data.shards.MAX_MEMBER_BYTES``."""
 
 # --- audio -------------------------------------------------------------------------
 
@@ -55,6 +62,18 @@ class MelSettings:
     f_max: float = 7_600.0
     log_floor: float = 1e-5
     window_ms: int = AUDIO_WINDOW_MS
+
+    def __post_init__(self) -> None:
+        """Settings torchaudio and the model can use: refused here, as a flag error, rather than in every clip."""
+        check_range("--sample-rate", self.sample_rate, 8_000, 192_000)
+        check_range("--n-fft", self.n_fft, 16, 16_384)
+        check_range("--win-length", self.win_length, 1, self.n_fft)
+        check_range("--hop-length", self.hop_length, 1, self.win_length)
+        check_range("--n-mels", self.n_mels, 1, self.n_fft // 2 + 1)
+        check_range("--f-min", self.f_min, 0)
+        check_range("--f-max", self.f_max, self.f_min, self.sample_rate / 2, above=True)
+        check_range("--log-floor", self.log_floor, 0, above=True)
+        check_range("--window-ms", self.window_ms, 1000 * self.hop_length / self.sample_rate, 10_000)
 
     @property
     def frames_per_second(self) -> float:
@@ -142,6 +161,9 @@ SHARD_FORMAT_VERSION = 1
 CHUNK_FRAMES = 50
 """Consecutive frames of one clip stored together in one shard sample (2 s at 25 fps)."""
 
+MAX_CHUNK_FRAMES = 250
+"""Most frames a shard sample may hold (10 s at 25 fps); see :data:`MAX_IMAGE_SIZE`."""
+
 
 @dataclass(frozen=True)
 class ShardSchema:
@@ -167,6 +189,8 @@ class ShardSchema:
 SHARD_KEYS = ShardSchema()
 
 MANIFEST_NAME = "manifest.json"
+STATS_NAME = "stats.json"
+"""Dataset statistics (``discohead.data.curation.dataset_stats``), written just before the manifest."""
 SPLITS = ("train", "test")
 
 CROP_SCALE = 1.7
@@ -212,7 +236,53 @@ class ClipConfig:
         default=0.2, metadata={"help": "skip a clip when no face is found in more than this fraction of frames"}
     )
     max_seconds: float = dataclasses.field(
-        default=600.0, metadata={"help": "skip longer clips (split long videos first)"}
+        default=10.0,
+        metadata={"help": "longest segment: a longer shot is cut into even segments of at most this, each a clip"},
+    )
+    min_seconds: float = dataclasses.field(
+        default=3.0,
+        metadata={
+            "help": "shortest segment kept when a video is cut (shorter shots are skipped as short_shot; an uncut "
+            "video up to --max-seconds is kept whole)"
+        },
+    )
+    max_video_seconds: float = dataclasses.field(
+        default=4 * 3600.0, metadata={"help": "skip longer input files as too_long (bounds decoding time)"}
+    )
+    shot_threshold: float = dataclasses.field(
+        default=20.0,
+        metadata={"help": "PySceneDetect content-detector threshold for shot cuts (0: no cut detection)"},
+    )
+    min_face_size: float = dataclasses.field(
+        default=64.0,
+        metadata={"help": "skip a segment whose face crop is smaller than this many source pixels a side (small_face)"},
+    )
+    min_sharpness: float = dataclasses.field(
+        default=5.0,
+        metadata={
+            "help": "skip a segment whose face crops' variance of the Laplacian (at 128 px) is below this (blurry)"
+        },
+    )
+    max_jitter: float = dataclasses.field(
+        default=0.2,
+        metadata={"help": "skip a segment whose landmarks jump more than this fraction of the face size (jittery)"},
+    )
+    min_audio_dbfs: float = dataclasses.field(
+        default=-45.0, metadata={"help": "skip a segment whose audio RMS is below this (quiet_audio)"}
+    )
+    max_clipping: float = dataclasses.field(
+        default=0.02,
+        metadata={"help": "skip a segment with more than this fraction of clipped samples (clipped_audio)"},
+    )
+    av_confidence: float = dataclasses.field(
+        default=0.8,
+        metadata={"help": "trust an audio-visual offset estimate (lip opening vs loudness) correlating at least this"},
+    )
+    max_av_shift: int = dataclasses.field(
+        default=3,
+        metadata={
+            "help": "shift the audio to correct a trusted offset up to this many frames; skip larger (av_offset)"
+        },
     )
     smoothing_sigma: float = dataclasses.field(
         default=2.0, metadata={"help": "temporal smoothing of the crop box, in frames"}
@@ -238,14 +308,33 @@ class ClipConfig:
     )
 
     def __post_init__(self) -> None:
+        """Every setting in its range: refused as a flag error before Ray starts, not clip by clip in the workers."""
         if not 0.0 < self.train_ratio < 1.0:
-            raise ValueError("--split-ratio must be between 0 and 1")
-        if self.image_size < 32 or self.image_size % 8:
-            raise ValueError(
-                f"--image-size must be a multiple of 8 and at least 32 (the model's smallest), not {self.image_size}"
-            )
-        if self.fps < 1 or self.detect_every < 1 or self.chunk_frames < 1:
-            raise ValueError("--fps, --detect-every and --chunk-frames must be at least 1")
+            raise ValueError(f"--split-ratio must be between 0 and 1, not {self.train_ratio!r}")
+        check_range("--image-size", self.image_size, 32, MAX_IMAGE_SIZE, multiple=8)  # 32: the model's smallest
+        check_range("--fps", self.fps, 1, 120)
+        check_range("--chunk-frames", self.chunk_frames, 1, MAX_CHUNK_FRAMES)
+        check_range("--seed", self.seed, 0)
+        check_range("--max-missing-face", self.max_missing_face, 0, 1)
+        check_range("--max-video-seconds", self.max_video_seconds, 0, 24 * 3600, above=True)
+        check_range("--max-seconds", self.max_seconds, self.chunk_frames / self.fps, self.max_video_seconds)
+        check_range("--min-seconds", self.min_seconds, 0, self.max_seconds)
+        check_range("--shot-threshold", self.shot_threshold, 0, 255)
+        check_range("--min-face-size", self.min_face_size, 0, 16_384)
+        check_range("--min-sharpness", self.min_sharpness, 0)
+        check_range("--max-jitter", self.max_jitter, 0)
+        check_range("--min-audio-dbfs", self.min_audio_dbfs, -240, 0)
+        check_range("--max-clipping", self.max_clipping, 0, 1)
+        check_range("--av-confidence", self.av_confidence, -1, 1)
+        check_range("--max-av-shift", self.max_av_shift, 0, 15)
+        check_range("--smoothing-sigma", self.smoothing_sigma, 0, 1000)
+        check_range("--crop-scale", self.crop_scale, 0, 10, above=True)
+        check_range("--crop-lift", self.crop_lift, -0.5, 0.5)
+        check_range("--detect-max-side", self.detect_max_side, 32, 16_384)
+        check_range("--detect-every", self.detect_every, 1, 1000)
+        check_range("--max-frame-side", self.max_frame_side, 32, 16_384)
+        check_range("--audio-tolerance-s", self.audio_tolerance_s, 0, 3600)
+        check_range("--silence-dbfs", self.silence_dbfs, -200, 0)
 
     def to_json(self) -> dict[str, Any]:
         config = dataclasses.asdict(self)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -94,3 +95,33 @@ def build(cls: type, base: Any, changes: dict[str, Any]) -> Any:
             else value
         )
     return dataclasses.replace(base, **updates)
+
+
+def check_range(
+    flag: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    above: bool = False,
+    multiple: int | None = None,
+) -> None:
+    """Raise a one-line ValueError unless ``low <= value <= high`` (``low < value`` with ``above``).
+
+    The configs call it from ``__post_init__``, so a bad value is refused where the config is
+    built: by argparse's error for a flag, before Ray starts, never inside a worker (where an
+    exception makes Ray Train retry the run until ``--max-failures`` is used up). ``None``
+    means "not set" and passes; NaN and infinities never do, since ``float`` flags parse them.
+    """
+    if value is None:
+        return
+    bad = isinstance(value, float) and not math.isfinite(value)
+    bad = bad or (low is not None and (value <= low if above else value < low))
+    bad = bad or (high is not None and value > high) or bool(multiple and value % multiple)
+    if bad:
+        parts = [f"above {low:g}" if above else f"at least {low:g}"] if low is not None else ["finite"]
+        if high is not None:
+            parts.append(f"at most {high:g}")
+        if multiple:
+            parts.append(f"a multiple of {multiple}")
+        raise ValueError(f"{flag} must be {' and '.join(parts)}, not {value!r}")

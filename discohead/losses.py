@@ -14,9 +14,17 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .pretrained import load_torchvision_weights
+from .pretrained import WeightFile
 
 VGG19_WEIGHTS_ENV = "DISCOHEAD_VGG19_WEIGHTS"
+VGG19 = WeightFile(
+    "vgg19-dcbb9e9d.pth",
+    "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+    VGG19_WEIGHTS_ENV,
+    description="VGG-19 (perceptual loss)",
+)
+"""torchvision's ImageNet VGG-19 (``VGG19_Weights.IMAGENET1K_V1``): found, hash-checked against the
+prefix in its name and loaded tensors-only like every other weights file (``discohead.pretrained``)."""
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _VGG19_STAGE_ENDS = (2, 7, 12, 21, 30)
@@ -29,8 +37,7 @@ class VGG19Features(nn.Module):
     def __init__(self, weights_path: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
         vgg = torchvision.models.vgg19(weights=None)
-        weights = torchvision.models.VGG19_Weights.IMAGENET1K_V1
-        vgg.load_state_dict(load_torchvision_weights(weights, VGG19_WEIGHTS_ENV, weights_path))
+        vgg.load_state_dict(VGG19.load(weights_path))
         layers = vgg.features[: _VGG19_STAGE_ENDS[-1]]
         starts = (0,) + _VGG19_STAGE_ENDS[:-1]
         self.stages = nn.ModuleList(layers[start:end] for start, end in zip(starts, _VGG19_STAGE_ENDS))

@@ -28,7 +28,16 @@ class ShardFormatError(Exception):
 
 @dataclass
 class ClipRecord:
-    """What the manifest says about one input: stored (with its shards) or skipped (with why)."""
+    """What the manifest says about one input or segment: stored (with its shards) or skipped (with why).
+
+    A video cut into segments has one record per segment, all with the video's
+    ``source_id`` and ``parts`` (how many records the video makes, so a resumed job knows
+    whether all of them were committed); ``start`` and ``end`` are the seconds of the
+    source the segment covers (its stored frames, when stored), ``shot`` the shot it is in.
+    ``measures`` holds the quality gates' values (``discohead.data.curation``), also for a
+    segment a gate skipped, so thresholds can be chosen again from the manifest alone.
+    Records of manifests written before segmentation read back with the defaults.
+    """
 
     clip_id: str | None
     source: str
@@ -44,6 +53,13 @@ class ClipRecord:
     notes: list[str] = field(default_factory=list)
     started_at: float = 0.0
     seconds: float = 0.0
+    source_id: str | None = None
+    segment: int = 0
+    parts: int = 1
+    shot: int = 0
+    start: float = 0.0
+    end: float = 0.0
+    measures: dict[str, float] = field(default_factory=dict)
 
     @property
     def stored(self) -> bool:

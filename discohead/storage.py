@@ -132,3 +132,31 @@ def publish_bytes(data: bytes, fs: fsspec.AbstractFileSystem, final_path: str) -
         fsync_folder(final.parent)
     else:
         fs.pipe_file(final_path, data)
+
+
+def is_node_local_store(tracking_uri: str) -> bool:
+    """An MLflow store that is a file on this machine (SQLite, a folder), not a server or a database."""
+    return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+
+
+def shared_storage_problem(nodes: int, paths: dict[str, str], tracking_uri: str | None, shared: bool) -> str | None:
+    """What to change, in one line, when a job on several Ray nodes would keep its data on one node's disk.
+
+    Each node sees only its own disk: a local ``--storage`` makes Ray Train's checkpoint
+    uploads fail on the other nodes (late, at the first checkpoint), local shards cannot be
+    read by the read tasks placed elsewhere, and a SQLite tracking store lands in the
+    temporary copy of the working directory that ``ray job submit`` unpacks on the head.
+    ``shared`` is the user saying the paths are on a file system every node mounts.
+    """
+    if nodes < 2 or shared:
+        return None
+    local = [f"{flag} {path}" for flag, path in paths.items() if path and not is_remote(path)]
+    if tracking_uri and is_node_local_store(tracking_uri):
+        local.append(f"MLFLOW_TRACKING_URI {tracking_uri}")
+    if not local:
+        return None
+    return (
+        f"{' and '.join(local)} {'is' if len(local) == 1 else 'are'} on one machine's disk, but this job runs on "
+        "several Ray nodes: use s3:// paths and an MLflow tracking server (MLFLOW_TRACKING_URI=http://...), "
+        "or add --shared-storage if they are on a file system every node mounts"
+    )

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import tempfile
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +53,8 @@ RUN_TAG = "discohead.train_run"
 VARIANT_TAG = "discohead.variant"
 LAUNCH_TAG = "discohead.launch"
 PARENT_TAG = "mlflow.parentRunId"
+FAILURE_TAG = "discohead.failure"
+"""Why a run ended FAILED or KILLED (removed when ``--resume`` continues it)."""
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 """MLflow 3's UI opens an experiment of this kind on its training runs (not "Traces / Token usage")."""
@@ -116,17 +120,64 @@ class Launch:
 
         return MlflowClient(self.tracking_uri).get_experiment(self.experiment_id).artifact_location
 
-    def finish(self, status: str = "FINISHED") -> None:
-        """End the parent run (children end when their model is logged, or here on failure)."""
+    def finish(self, status: str = "FINISHED", reason: str = "") -> None:
+        """End the runs: the children end FINISHED when their model is logged, so one still RUNNING
+        here did not reach its last step (an aborted trainer returns without an error).
+
+        A run that did not finish gets ``status`` (FAILED or KILLED) and the ``reason`` as its
+        :data:`FAILURE_TAG`, so the UI says why; ``--resume`` continues it and clears the tag.
+        """
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(self.tracking_uri)
-        if status != "FINISHED":
-            for run_id in self.run_ids.values():
-                if client.get_run(run_id).info.status == "RUNNING":
-                    client.set_terminated(run_id, status)
+        if status == "FINISHED":
+            unfinished = "KILLED", "training stopped before its last step: --resume continues it"
+        else:
+            unfinished = status, reason
+        for run_id in self.run_ids.values():
+            if client.get_run(run_id).info.status == "RUNNING":
+                log_values(client, run_id, tags={FAILURE_TAG: unfinished[1][:5000]} if unfinished[1] else {})
+                client.set_terminated(run_id, unfinished[0])
         if self.parent_run_id:
+            log_values(client, self.parent_run_id, tags={FAILURE_TAG: reason[:5000]} if reason else {})
             client.set_terminated(self.parent_run_id, status)
+
+    def __enter__(self) -> Launch:
+        """While the launch runs, SIGTERM (``ray job stop``, a scheduler) ends it with SystemExit in
+        the main thread, remembered, so that :meth:`__exit__` ends the runs as KILLED and says by
+        what (a SystemExit raised inside ``ray.get`` reaches us as ``SystemExit(1)``)."""
+
+        def stop(signum: int, frame: Any) -> None:
+            object.__setattr__(self, "_signal", signum)
+            raise SystemExit(128 + signum)
+
+        if threading.current_thread() is threading.main_thread():
+            object.__setattr__(self, "_previous_sigterm", signal.signal(signal.SIGTERM, stop))
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> bool:
+        """Whatever ends the launch's code ends its runs: FINISHED, FAILED with the error, or KILLED
+        (Ctrl-C, SIGTERM), so that no run stays RUNNING after its job is gone. The error propagates."""
+        previous, signum = self.__dict__.pop("_previous_sigterm", None), self.__dict__.pop("_signal", None)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if error is None:
+            self.finish()
+        else:
+            self.finish(*ending(SystemExit(128 + signum) if signum else error))
+        return False
+
+
+def ending(error: BaseException) -> tuple[str, str]:
+    """The MLflow status and the one-line reason for a launch ended by ``error``."""
+    error = getattr(error, "cause", None) or error  # a Ray task's error: the one its code raised
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        code = "SIGINT" if isinstance(error, KeyboardInterrupt) else getattr(error, "code", None)
+        name = {2: "SIGINT", 15: "SIGTERM", 130: "SIGINT", 143: "SIGTERM"}.get(code, code)
+        how = {"SIGTERM": "SIGTERM, e.g. ray job stop", "SIGINT": "SIGINT (Ctrl-C)"}.get(name, f"exit {name}")
+        return "KILLED", f"stopped by {how}: --resume continues the run from its last checkpoint"
+    lines = str(error).strip().splitlines()
+    return "FAILED", f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def log_values(
@@ -182,7 +233,7 @@ def start_launch(config: TrainConfig, run_names: Mapping[str, str], manifest: Ma
         parents = {run.data.tags.get(PARENT_TAG) for run in existing.values()} - {None}
         if parents:
             parent = parents.pop()
-            client.update_run(parent, status="RUNNING")
+            _continue(client, parent)
         else:
             stamp = "-".join(next(iter(run_names.values())).rsplit("-", 2)[-2:])
             launch_name = f"{config.experiment}-all-{stamp}"
@@ -199,7 +250,7 @@ def start_launch(config: TrainConfig, run_names: Mapping[str, str], manifest: Ma
     for variant, name in run_names.items():
         if variant in existing:
             run_ids[variant] = existing[variant].info.run_id
-            client.update_run(run_ids[variant], status="RUNNING")
+            _continue(client, run_ids[variant])
             continue
         tags = {RUN_TAG: name, VARIANT_TAG: variant, **({PARENT_TAG: parent} if parent else {})}
         run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
@@ -207,6 +258,20 @@ def start_launch(config: TrainConfig, run_names: Mapping[str, str], manifest: Ma
         log_values(client, run_id, params={**variant_config.params(variant_config.model_config()), **common})
         run_ids[variant] = run_id
     return Launch(uri, experiment, parent, run_ids)
+
+
+def run_failure(uri: str, run_id: str) -> str | None:
+    """Why the run's workers stopped without finishing (:meth:`MlflowReporter.failed`), or None."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri).get_run(run_id).data.tags.get(FAILURE_TAG)
+
+
+def _continue(client: Any, run_id: str) -> None:
+    """A resumed run is RUNNING again, without the reason its last launch ended."""
+    client.update_run(run_id, status="RUNNING")
+    if FAILURE_TAG in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, FAILURE_TAG)
 
 
 # --- logging from the training loop --------------------------------------------------
@@ -240,6 +305,20 @@ class MlflowReporter(Reporter):
     def chunks_seen(self, keys: list[str]) -> None:
         """Which chunks this worker read in its first pass: data lineage, and the proof that workers differ."""
         self.client.log_text(self.run_id, "\n".join(keys[:10_000]) + "\n", f"data/rank-{self.rank}-chunks.txt")
+
+    def bad_samples(self, shard: str, count: int, reason: str) -> None:
+        """A shard's unreadable samples, as ``bad_samples/<shard>`` (the count) with the first reason as a tag."""
+        key = f"bad_samples/{shard}"
+        log_values(self.client, self.run_id, metrics={key: count}, tags={key: reason[:5000]})
+
+    def failed(self, reason: str) -> None:
+        """Record why the workers stopped without finishing (rank 0), for the driver's :func:`run_failure`.
+
+        Workers that stop on purpose return normally, so that Ray Train does not restart them,
+        and Ray Train's result carries only checkpoint metrics: the run's tag is the message.
+        """
+        if self.rank == 0:
+            log_values(self.client, self.run_id, tags={FAILURE_TAG: reason[:5000]})
 
     def finish(self, model: DisCoHead, config: TrainConfig) -> None:
         if self.rank != 0:

@@ -13,13 +13,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import VARIANTS, WIDTHS, DisCoHeadConfig
-from .contracts import CHECKPOINT_FILE
+from .contracts import CHECKPOINT_FILE, MAX_IMAGE_SIZE
+from .flags import check_range
 from .manifest import Manifest
 from .storage import filesystem_for, s3_options
 
@@ -113,6 +115,13 @@ class TrainConfig:
     max_failures: int = field(
         default=3, metadata={"help": "worker-group restarts from the last checkpoint before giving up"}
     )
+    max_bad_samples: float = field(
+        default=0.01,
+        metadata={
+            "help": "share of the training samples that may be unreadable (skipped, counted per shard and logged); "
+            "the run fails once more are met"
+        },
+    )
 
     # outputs
     storage: str = field(default="outputs/train", metadata={"help": "checkpoint storage: local folder or s3:// prefix"})
@@ -141,6 +150,13 @@ class TrainConfig:
     s3_endpoint: str | None = field(
         default=None, metadata={"help": "S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)"}
     )
+    shared_storage: bool = field(
+        default=False,
+        metadata={
+            "help": "local --data, --storage and MLflow store are on a file system every Ray node mounts "
+            "(without it a multi-node cluster needs s3:// and a tracking server)"
+        },
+    )
 
     # set by resolve(), not a flag: the shards' preprocessing settings (ClipConfig and landmark
     # backend), kept in every checkpoint so generation crops faces and cuts audio as training saw them
@@ -155,15 +171,25 @@ class TrainConfig:
             raise ValueError(f"--variant {self.variant!r}: choose one of {', '.join(VARIANTS)} or all")
         if not self.data:
             raise ValueError("--data is required: the output folder (or s3:// prefix) of pipelines/preprocess.py")
-        if self.num_workers < 1:
-            raise ValueError("--num-workers must be at least 1")
+        self._check_ranges()
         if self.batch_size % self.num_workers:
             raise ValueError(f"--batch-size {self.batch_size} does not split evenly across {self.num_workers} workers")
-        for name in ("batch_size", "pairs_per_chunk", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.lr <= 0 or self.perceptual_weight < 0:
-            raise ValueError("--lr must be positive and --perceptual-weight not negative")
+
+    def _check_ranges(self) -> None:
+        """Every numeric field in its range, so a bad value stops the launch in one line instead of
+        failing (and being retried) inside the workers."""
+        for name in ("num_workers", "batch_size", "pairs_per_chunk", "log_every", "checkpoint_every"):
+            check_range(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        for name in ("max_steps", "image_every", "evaluate_clips"):  # None: derived or off
+            check_range(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        check_range("--image-size", self.image_size, 32, MAX_IMAGE_SIZE, multiple=8)
+        check_range("--lr", self.lr, 0, above=True)
+        check_range("--epochs", self.epochs, 0, above=True)
+        check_range("--perceptual-weight", self.perceptual_weight, 0)
+        check_range("--cpus-per-worker", self.cpus_per_worker, 0, above=True)
+        check_range("--max-failures", self.max_failures, 0)
+        check_range("--max-bad-samples", self.max_bad_samples, 0, 1)
+        check_range("--seed", self.seed, 0, 2**32 - 1)  # numpy's generators refuse negative seeds
 
     # --- derived -------------------------------------------------------------------
 
@@ -278,25 +304,50 @@ class TrainConfig:
         return values | {f"model.{key}": value for key, value in model.to_dict().items()}
 
 
-def resume_point(storage: str, storage_options: dict[str, Any], name_prefix: str) -> tuple[str, dict[str, Any]]:
-    """The latest run ``NAME_PREFIX*`` under ``storage`` and the training config its last checkpoint saved.
+RUN_STAMP = "%Y%m%d-%H%M%S"
+"""The time in a run's name, ``EXPERIMENT-VARIANT-STAMP``: sorting names of one experiment and variant sorts by time."""
+
+
+def run_name_pattern(experiment: str, variant: str) -> re.Pattern[str]:
+    """The names of the runs of exactly this experiment and variant.
+
+    A prefix would also match other experiments: ``exp-affine-nm-*`` matches the runs of an
+    experiment ``exp-affine-nm-v2`` (which sort after the timestamps of ``exp``) and the
+    ``-eval`` folders the training job's evaluation writes beside its runs.
+    """
+    return re.compile(rf"{re.escape(experiment)}-{re.escape(variant)}-\d{{8}}-\d{{6}}")
+
+
+def resume_point(
+    storage: str, storage_options: dict[str, Any], experiment: str, variant: str
+) -> tuple[str, dict[str, Any]]:
+    """The newest run ``EXPERIMENT-VARIANT-STAMP`` under ``storage`` and the training config its last checkpoint saved.
 
     Raises FileNotFoundError when there is no such run, or its checkpoints carry no config.
     """
     import torch
 
     fs, root = filesystem_for(storage, storage_options)
-    runs = sorted(Path(path).name for path in fs.glob(f"{root}/{name_prefix}*") if fs.isdir(path))
-    checkpoints = sorted(fs.glob(f"{root}/{runs[-1]}/step-*/{CHECKPOINT_FILE}")) if runs else []
+    pattern = run_name_pattern(experiment, variant)
+    found = fs.ls(root, detail=False) if fs.isdir(root) else []
+    runs = sorted(name for name in (Path(path.rstrip("/")).name for path in found) if pattern.fullmatch(name))
+    if not runs:
+        raise FileNotFoundError(
+            f"no run {experiment}-{variant}-YYYYMMDD-HHMMSS in {storage}; drop --resume to start one"
+        )
+    run = runs[-1]
+    checkpoints = sorted(fs.glob(f"{root}/{run}/step-*/{CHECKPOINT_FILE}"))
     if not checkpoints:
-        raise FileNotFoundError(f"no checkpoint of a run {name_prefix}* in {storage}; drop --resume to start one")
+        raise FileNotFoundError(
+            f"the newest run {run} in {storage} stopped before its first checkpoint; drop --resume to start again"
+        )
     with fs.open(checkpoints[-1], "rb") as handle:
         saved = torch.load(handle, map_location="cpu", weights_only=True).get("train_config")
     if not saved:
         raise FileNotFoundError(
             f"{checkpoints[-1]} holds no training config (written by an older version); drop --resume"
         )
-    return runs[-1], saved
+    return run, saved
 
 
 def launch_config(given: dict[str, Any], resume: bool = False) -> tuple[TrainConfig, dict[str, str]]:
@@ -309,14 +360,14 @@ def launch_config(given: dict[str, Any], resume: bool = False) -> tuple[TrainCon
     defaults = {item.name: item.default for item in dataclasses.fields(TrainConfig)}
     variant = given.get("variant", "")
     experiment, storage = given.get("experiment", defaults["experiment"]), given.get("storage", defaults["storage"])
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime(RUN_STAMP)
     names, saved = {}, {}
     for one in list(VARIANTS) if variant == "all" else [variant] if variant else []:
         names[one] = f"{experiment}-{one}-{stamp}"
         if resume:
             try:
                 names[one], saved = resume_point(
-                    storage, s3_options(storage, given.get("s3_endpoint")), f"{experiment}-{one}-"
+                    storage, s3_options(storage, given.get("s3_endpoint")), experiment, one
                 )
             except FileNotFoundError as error:
                 raise FileNotFoundError(f"--resume: {error}") from None

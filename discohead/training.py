@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from .contracts import TrainingState, mask_to_eye_region
-from .data.shards import decode_sample, iter_shard, iter_split
+from .data.shards import decode_sample, iter_shard
 from .losses import DisCoHeadLoss
-from .manifest import Manifest
+from .manifest import Manifest, ShardFormatError
 from .metrics import psnr, ssim
 from .model import DisCoHead
 from .storage import filesystem_for
@@ -36,8 +36,67 @@ PAIR_KEYS = ("source", "driver", "mel", "eye_box")
 """Columns of a batch of pairs: uint8 (H, W, 3) frames, float16 (n_mels, T) mel window, (4,) eye box."""
 
 
+ACCOUNT_KEYS = ("shard", "bad_samples", "bad_reason", "usable")
+"""Columns :func:`training_chunks` adds for the shard rows of :func:`shard_rows`: the shard, the
+count of its unreadable samples and the first reason (on its first row only), and whether the
+row is a chunk to train on (a shard with no readable sample sends one placeholder row, so that
+its count still reaches the worker)."""
+
+_SAMPLE_ERRORS = (ShardFormatError, ValueError, KeyError, TypeError, OSError, EOFError, AttributeError)
+"""What reading one sample (or one shard) can raise when its bytes are damaged: json and numpy
+raise ValueError, a missing member KeyError, storage OSError; the reader ShardFormatError."""
+
+
+class TooManyBadSamples(ValueError):
+    """More training samples are unreadable than ``--max-bad-samples`` allows."""
+
+
+def shard_rows(manifest: Manifest, dest: str) -> list[dict[str, Any]]:
+    """One row per training shard for :func:`training_chunks`: its URL, its name and how many
+    samples the manifest says it holds (a clip never straddles two tars of a split), so a
+    shard cut short counts its missing samples as bad."""
+    samples: dict[str, int] = {}
+    for clip in manifest.clips:
+        for shard in clip.shards:
+            samples[shard] = samples.get(shard, 0) + clip.chunks.get(shard.split("/", 1)[0], 0)
+    return [
+        {"path": f"{dest.rstrip('/')}/{shard}", "shard": shard, "samples": samples.get(shard, 0)}
+        for shard in manifest.shards.get("train", [])
+    ]
+
+
+def chunk_shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
+    """The shapes every chunk of these shards has; a sample of another shape is unreadable."""
+    frames, size, mel = manifest.config.chunk_frames, manifest.image_size, manifest.mel
+    return {"frames": (frames, size, size, 3), "mel": (frames, mel.n_mels, mel.window_frames), "eye_boxes": (frames, 4)}
+
+
+_DTYPES = {"frames": np.uint8, "mel": np.float16, "eye_boxes": np.float32}
+
+
+def check_chunk(chunk: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+    """Raise ValueError unless a decoded sample is a chunk training can use: its arrays of the
+    shard schema's types and of ``shapes`` (else of one length), the mel windows and eye boxes finite."""
+    for name, dtype in _DTYPES.items():
+        array = chunk[name]
+        if not isinstance(array, np.ndarray) or array.dtype != dtype:
+            raise ValueError(f"{name}.npy is not a {np.dtype(dtype).name} array")
+        if shapes is not None and array.shape != tuple(shapes[name]):
+            raise ValueError(f"{name}.npy has shape {array.shape}, the shards' is {tuple(shapes[name])}")
+    frames = chunk["frames"]
+    if frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+        raise ValueError(f"frames.npy has shape {frames.shape}, not (T, H, W, 3)")
+    if not len(chunk["mel"]) == len(chunk["eye_boxes"]) == len(frames):
+        raise ValueError("frames.npy, mel.npy and eye_boxes.npy differ in length")
+    if not (np.isfinite(chunk["mel"]).all() and np.isfinite(chunk["eye_boxes"]).all()):
+        raise ValueError("mel.npy or eye_boxes.npy holds NaN or infinite values")
+
+
 def training_chunks(
-    row: Mapping[str, Any], storage_options: dict[str, Any] | None = None, sources_per_chunk: int = 0
+    row: Mapping[str, Any],
+    storage_options: dict[str, Any] | None = None,
+    sources_per_chunk: int = 0,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> list[dict[str, Any]]:
     """The chunks of the shard at ``row["path"]`` with the columns training uses.
 
@@ -47,31 +106,84 @@ def training_chunks(
     (a shard holds all of a clip's chunks of one split), so a training source can lie far
     from its driver in time, as at evaluation and generation, where the source is the
     clip's first frame (or a photo) and the drivers run for seconds.
+
+    A sample that cannot be read (damaged ``meta.json``, a ``.npy`` that is missing, damaged,
+    of another shape than ``shapes`` or not finite) is skipped rather than failing the read
+    task: Ray Train would restart the workers on the same shard until ``--max-failures`` is
+    used up. For a row of :func:`shard_rows` the skipped samples (with those the manifest
+    lists but the tar no longer holds) are counted in the :data:`ACCOUNT_KEYS` columns, and
+    :func:`fit` decides whether the run may go on.
     """
     fs, path = filesystem_for(row["path"], storage_options)
-    chunks, clips = [], {}
-    for sample in iter_shard(fs, path):
-        decoded = decode_sample(sample)
-        chunks.append({"key": decoded["__key__"], **{name: decoded[name] for name in ("frames", "mel", "eye_boxes")}})
-        clips.setdefault(decoded["meta"].get("clip_id", decoded["__key__"]), []).append(chunks[-1])
+    chunks, clips, bad, reason = [], {}, 0, ""
+    try:
+        for sample in iter_shard(fs, path):
+            try:
+                decoded = decode_sample(sample)
+                chunk = {name: decoded[name] for name in ("frames", "mel", "eye_boxes")}
+                check_chunk(chunk, shapes)
+            except _SAMPLE_ERRORS as error:
+                bad += 1
+                reason = reason or f"sample {sample.get('__key__')}: {type(error).__name__}: {error}"
+                continue
+            chunks.append({"key": decoded["__key__"], **chunk})
+            clips.setdefault(decoded["meta"].get("clip_id", decoded["__key__"]), []).append(chunks[-1])
+    except _SAMPLE_ERRORS as error:  # the shard itself: missing, compressed, cut short
+        reason = reason or f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     if sources_per_chunk:
         rng = np.random.default_rng()
         for members in clips.values():
             frames = np.concatenate([chunk["frames"] for chunk in members])  # the clip's frames in this shard
             for chunk in members:
                 chunk["sources"] = frames[rng.integers(0, len(frames), size=sources_per_chunk)]
+    if "samples" not in row:
+        return chunks
+    bad = max(bad, int(row["samples"]) - len(chunks))
+    if not chunks:
+        if shapes is None:
+            raise ShardFormatError(f"{row['path']}: no readable sample ({reason})")
+        placeholder = {name: np.zeros(shapes[name], _DTYPES[name]) for name in ("frames", "mel", "eye_boxes")}
+        if sources_per_chunk:
+            placeholder["sources"] = np.zeros((sources_per_chunk, *shapes["frames"][1:]), np.uint8)
+        chunks = [{"key": "", **placeholder}]
+    for index, chunk in enumerate(chunks):
+        chunk.update(
+            shard=str(row["shard"]), bad_samples=bad if index == 0 else 0, bad_reason="", usable=bool(chunk["key"])
+        )
+    chunks[0]["bad_reason"] = reason[:1000] if bad else ""
     return chunks
 
 
 def fixed_pairs(
     dest: str, manifest: Manifest, seed: int, storage_options: dict[str, Any] | None = None, count: int = 8
 ) -> dict[str, np.ndarray]:
-    """A fixed batch of test-split pairs (train split if there is no test split): PSNR/SSIM and the sample grid."""
-    chunks = []
-    for chunk in iter_split(dest, "test" if manifest.shards["test"] else "train", storage_options):
-        chunks.append(chunk)
+    """A fixed batch of test-split pairs (train split if there is no test split): PSNR/SSIM and the sample grid.
+
+    Unreadable samples and shards are passed over, as in training, so that one of them does
+    not stop the job on the driver.
+    """
+    fs, root = filesystem_for(dest, storage_options)
+    chunks: list[dict[str, Any]] = []
+    first_error, shapes = "", chunk_shapes(manifest)
+    for shard in manifest.shards["test" if manifest.shards["test"] else "train"]:
+        try:
+            for sample in iter_shard(fs, f"{root}/{shard}"):
+                try:
+                    decoded = decode_sample(sample)
+                    check_chunk(decoded, shapes)
+                except _SAMPLE_ERRORS as error:
+                    first_error = first_error or f"{type(error).__name__}: {error}"
+                    continue
+                chunks.append(decoded)
+                if len(chunks) * 2 >= count:
+                    break
+        except _SAMPLE_ERRORS as error:
+            first_error = first_error or f"{type(error).__name__}: {error}"
         if len(chunks) * 2 >= count:
             break
+    if not chunks:
+        why = (first_error or "no shard").splitlines()[0]
+        raise ShardFormatError(f"{dest}: no readable sample for the fixed batch of pairs ({why})")
     pairs = draw_pairs(chunks, pairs_per_chunk=max(1, -(-count // len(chunks))), rng=np.random.default_rng(seed))
     return {key: value[:count] for key, value in pairs.items()}
 
@@ -116,7 +228,10 @@ def pair_batches(
     pending: dict[str, np.ndarray] | None = None
     for columns in chunk_batches:
         keys = [key for key in ("frames", "mel", "eye_boxes", "sources") if key in columns]
-        chunks = [{key: columns[key][i] for key in keys} for i in range(len(columns["frames"]))]
+        rows = np.flatnonzero(columns["usable"]) if "usable" in columns else range(len(columns["frames"]))
+        chunks = [{key: columns[key][i] for key in keys} for i in rows]  # not the placeholders of unreadable shards
+        if not chunks:
+            continue
         pairs = draw_pairs(chunks, pairs_per_chunk, rng)
         order = rng.permutation(len(pairs["source"]))
         pairs = {key: value[order] for key, value in pairs.items()}
@@ -217,7 +332,8 @@ class Reporter:
 
     ``checkpoint`` is called on every worker at the same steps (Ray Train's report is a
     barrier), with the checkpoint itself on rank 0 only; ``log`` and ``image`` are called
-    on rank 0; ``chunks_seen`` on every worker after its first pass over the data.
+    on rank 0; ``chunks_seen`` on every worker after its first pass over the data;
+    ``bad_samples`` on the worker that meets a shard with unreadable samples, once per shard.
     """
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -230,6 +346,9 @@ class Reporter:
         pass
 
     def chunks_seen(self, keys: list[str]) -> None:
+        pass
+
+    def bad_samples(self, shard: str, count: int, reason: str) -> None:
         pass
 
     def finish(self, model: DisCoHead, config: TrainConfig) -> None:
@@ -262,13 +381,70 @@ def _mean_across_workers(terms: dict[str, float], device: torch.device) -> dict[
     return {f"loss_{name}": value for name, value in zip(names, values.tolist())}
 
 
+@dataclass
+class BadSamples:
+    """The unreadable samples a worker met in its first pass, per shard (a shard's count comes
+    on one row, which one worker receives per pass, so the workers' sums add up)."""
+
+    per_shard: dict[str, int]
+    seen: int = 0
+    """Usable chunks read; with the bad samples, the share's denominator when the manifest's count is not given."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_shard.values())
+
+
 def _recording(
-    stream: Iterable[Mapping[str, np.ndarray]], keys: list[str] | None
+    stream: Iterable[Mapping[str, np.ndarray]],
+    keys: list[str] | None,
+    bad: BadSamples | None = None,
+    report: Reporter | None = None,
+    name: str = "",
 ) -> Iterator[Mapping[str, np.ndarray]]:
     for columns in stream:
+        usable = np.asarray(columns["usable"], bool) if "usable" in columns else None
+        if bad is not None and "bad_samples" in columns:
+            for i in np.flatnonzero(columns["bad_samples"]):
+                shard, count, reason = (
+                    str(columns["shard"][i]),
+                    int(columns["bad_samples"][i]),
+                    str(columns["bad_reason"][i]),
+                )
+                if shard not in bad.per_shard:
+                    bad.per_shard[shard] = count
+                    print(f"[train {name}] {shard}: skipped {count} unreadable sample(s): {reason}", flush=True)
+                    if report is not None:
+                        report.bad_samples(shard, count, reason)
+            bad.seen += int(usable.sum()) if usable is not None else len(columns["frames"])
         if keys is not None and "key" in columns:
-            keys.extend(str(key) for key in columns["key"])
+            keys.extend(str(key) for i, key in enumerate(columns["key"]) if usable is None or usable[i])
         yield columns
+
+
+def _agree(has_batch: bool, bad: BadSamples, device: torch.device, world_size: int) -> tuple[bool, int, int]:
+    """Whether every worker has a batch for this step, and the bad and seen samples of all of them.
+
+    One small all-reduce per step keeps the workers in step when their passes differ in
+    length (an unreadable shard's placeholder row takes the place of a chunk in Ray Data's
+    equal split), and lets all of them stop together when too many samples are bad.
+    """
+    values = [float(has_batch), float(bad.total), float(bad.seen + bad.total)]
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        tensor = torch.tensor(values, device=device, dtype=torch.float64)
+        torch.distributed.all_reduce(tensor)
+        values = tensor.tolist()
+    return values[0] == world_size, int(values[1]), int(values[2])
+
+
+def _check_bad_samples(config: TrainConfig, bad: int, seen: int, samples: int | None) -> None:
+    total = samples or seen
+    if bad and bad > config.max_bad_samples * total:
+        raise TooManyBadSamples(
+            f"{bad} of the {total} training samples are unreadable, more than --max-bad-samples "
+            f"{config.max_bad_samples:g} allows: preprocess the data again (the MLflow run's bad_samples/* "
+            "metrics name the shards) or raise --max-bad-samples"
+        )
 
 
 def fit(
@@ -282,6 +458,7 @@ def fit(
     rank: int = 0,
     world_size: int = 1,
     wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    samples: int | None = None,
 ) -> DisCoHead:
     """Train ``config.variant`` for ``config.max_steps`` steps; returns the trained model.
 
@@ -290,6 +467,11 @@ def fit(
     puts the model on its device for data parallelism (Ray Train's ``prepare_model``);
     without it the model moves to ``device``. ``test_pairs`` (rank 0) is a fixed batch
     scored (PSNR/SSIM) at each log step and drawn as the sample grid.
+
+    Unreadable samples (counted by :func:`training_chunks`) are skipped, reported per shard
+    and logged as ``bad_samples``; once more than ``config.max_bad_samples`` of the
+    ``samples`` training samples (the manifest's count; else those read so far) are bad,
+    every worker raises :class:`TooManyBadSamples` at the same step.
     """
     report = report or Reporter()
     device = torch.device(device)
@@ -318,14 +500,20 @@ def fit(
     step, epoch, done = state.step, state.epoch, state.batches_in_epoch
     max_steps = config.steps
     started, steps_timed = time.perf_counter(), 0
+    bad, first_pass = BadSamples({}), True
     while step < max_steps:
         rng = np.random.default_rng([config.seed, rank, epoch])
         keys: list[str] | None = [] if epoch == 0 else None
-        for index, batch in enumerate(
-            pair_batches(_recording(batches(epoch), keys), config.per_worker_batch, config.pairs_per_chunk, rng)
-        ):
-            if index < done:
+        stream = _recording(batches(epoch), keys, bad if first_pass else None, report, config.variant)
+        pairs, index = pair_batches(stream, config.per_worker_batch, config.pairs_per_chunk, rng), -1
+        while True:
+            batch, index = next(pairs, None), index + 1
+            if batch is not None and index < done:
                 continue  # replaying the pass up to where the checkpoint left it
+            ready, bad_total, read = _agree(batch is not None, bad, device, world_size)
+            _check_bad_samples(config, bad_total, read, samples)
+            if not ready:  # this worker's pass, or another's, is over
+                break
             terms = train_step(
                 model, loss_fn, optimizer, model_inputs(batch, model_config.image_size, device), autocast
             )
@@ -336,6 +524,7 @@ def fit(
                 metrics = _mean_across_workers(terms, device)
                 metrics["samples_per_second"] = config.per_worker_batch * world_size / seconds_per_step
                 metrics["eta_seconds"] = seconds_per_step * (max_steps - step)
+                metrics["bad_samples"] = bad_total
                 if rank == 0:
                     if test_inputs is not None:
                         metrics.update(evaluate_batch(core, test_inputs)[0])
@@ -357,6 +546,7 @@ def fit(
                 report.image(step, comparison_grid(test_inputs, evaluate_batch(core, test_inputs)[1]))
             if last:
                 break
+        first_pass = False
         if done == 0:
             raise RuntimeError(
                 f"worker {rank} received no full batch in a pass over the data: use fewer workers, a smaller "

@@ -33,11 +33,12 @@ from discohead.evaluation import (
     attach_audio,
     clips_with_test_frames,
 )
+from discohead.flags import check_range
 from discohead.manifest import Manifest, ShardFormatError
 from discohead.storage import filesystem_for, publish_bytes, s3_options
 from discohead.tracking import load_checkpoint, log_evaluation, run_id_for, tracking_uri
 from discohead.train_config import TrainConfig
-from pipelines.cli import UsageError, run_job
+from pipelines.cli import UsageError, refuse_node_local_paths, run_job
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,9 +60,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-faces", action="store_true", help="skip the dlib face measures (AKD, AED, mouth, eyes)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to the models' MLflow runs")
+    parser.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="a local --output and MLflow store are on a file system every Ray node mounts",
+    )
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)")
     parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # out-of-range values stop here, before Ray starts, not in the evaluation tasks
+        check_range("--max-clips", args.max_clips, 1)
+        check_range("--batch-size", args.batch_size, 1)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def check_model(ref: str, checkpoint: dict[str, Any], manifest: Manifest) -> None:
@@ -127,6 +139,7 @@ def table(results: dict[str, EvaluationResult]) -> tuple[str, str]:
 def run(args: argparse.Namespace) -> int:
     checkpoints, clips = prepare(args)  # every check before Ray starts
     ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+    refuse_node_local_paths({"--output": args.output}, None if args.no_mlflow else tracking_uri(), args.shared_storage)
     evaluate_models(args, checkpoints, clips)
     return 0
 

@@ -5,8 +5,9 @@
 
 Run directly it starts a local Ray; under ``ray job submit`` it joins the cluster. The
 work itself lives in ``discohead.data``; this file only wires it into Ray Data:
-list inputs -> process clips (actor pool, one landmark model per actor) -> write shards
-(a Datasink packing clips into tars) -> manifest. See docs/preprocessing.md.
+list inputs -> process videos into segment clips (actor pool, one landmark model per
+actor) -> write shards (a Datasink packing clips into tars) -> manifest. See
+docs/preprocessing.md.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import argparse
 import json
 import os
 import pickle
+import signal
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -26,9 +29,11 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from discohead import flags
-from discohead.contracts import MANIFEST_NAME, SPLITS, ClipConfig
-from discohead.data.clips import SKIP_REASONS, assign_clip_splits, clip_id_for, process_clip
+from discohead.contracts import MANIFEST_NAME, SPLITS, STATS_NAME, ClipConfig
+from discohead.data.clips import SKIP_REASONS, assign_clip_splits, clip_id_for, process_video, resume_state
+from discohead.data.curation import write_stats
 from discohead.data.landmarks import BackendUnavailable, load_landmark_backend
+from discohead.data.lock import DestLock
 from discohead.data.shards import ShardWriterTask, load_commits, remove_outputs
 from discohead.data.sources import fetch_to_local, is_url, list_sources
 from discohead.data.video import MediaError, ffmpeg_timeout
@@ -73,7 +78,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="kill an ffmpeg run after this many seconds and skip its clip as `timeout` (default: 60 + 10 x "
         "--max-seconds; not a shard setting, so changing it does not invalidate DEST)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="delete DEST's previous output and redo every clip")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete what earlier runs wrote to DEST (the files its manifest and commits list) and redo every clip",
+    )
+    parser.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take DEST's lock from a job that is gone (its process ended, or no heartbeat for 15 min)",
+    )
     parser.add_argument(
         "--ray-address",
         default=None,
@@ -87,6 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(error))
     if args.ffmpeg_timeout is not None and not args.ffmpeg_timeout > 0:
         parser.error(f"--ffmpeg-timeout must be positive, not {args.ffmpeg_timeout:g}")
+    try:  # out-of-range values stop here, not in the workers
+        flags.check_range("--shard-size-mb", args.shard_size_mb, 0, 1 << 20, above=True)
+        flags.check_range("--workers", args.workers, 1)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -135,7 +154,11 @@ def list_input(row: dict[str, Any], storage_options: dict[str, Any]) -> list[dic
 
 
 class ClipProcessor:
-    """Stages 2-7 for one clip per call; the landmark model loads once per actor."""
+    """Stages 2-7 for one video per call, a row per segment; the landmark model loads once per actor.
+
+    Rows come out as segments finish (a generator under ``flat_map``), so a long video
+    never holds more than one segment's crops.
+    """
 
     def __init__(
         self,
@@ -152,15 +175,16 @@ class ClipProcessor:
         self.storage_options = storage_options
         self.ffmpeg_timeout_s = ffmpeg_timeout_s
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         source, clip_id = row["source"], row["clip_id"]
-        started_at, started = time.time(), time.perf_counter()
+        started_at = started = time.time()
+        yielded = 0
         with tempfile.TemporaryDirectory(prefix="discohead-clip-") as scratch:
             try:
                 local = fetch_to_local(source, scratch, options_for(source, self.storage_options))
                 if not os.path.exists(local):
                     raise MediaError("not_found", "the file does not exist")
-                result = process_clip(
+                results = process_video(
                     local,
                     source,
                     clip_id,
@@ -168,25 +192,32 @@ class ClipProcessor:
                     self.config,
                     row["split"] or None,
                     ffmpeg_timeout_s=self.ffmpeg_timeout_s,
+                    done=set(row["done"]),
                 )
-                record, samples = result.record, result.samples
+                for result in results:
+                    yield self.row(result.record, result.samples, started_at, started)
+                    started = time.time()
+                    yielded += 1
+                return
             except MediaError as error:
-                record, samples = ClipRecord(clip_id, source, "skipped", error.reason, error.detail), []
+                record = ClipRecord(clip_id, source, "skipped", error.reason, error.detail)
             except OSError as error:
-                record, samples = (
-                    ClipRecord(clip_id, source, "skipped", "unreadable_input", f"{type(error).__name__}: {error}"),
-                    [],
-                )
+                record = ClipRecord(clip_id, source, "skipped", "unreadable_input", f"{type(error).__name__}: {error}")
             except Exception as error:  # one odd file must not stop the job; the manifest says what happened
-                record, samples = (
-                    ClipRecord(clip_id, source, "skipped", "failed", f"{type(error).__name__}: {error}"),
-                    [],
-                )
-        elapsed = time.perf_counter() - started
+                record = ClipRecord(clip_id, source, "skipped", "failed", f"{type(error).__name__}: {error}")
+        if yielded:  # segments already went out: the failure is on the video's log line, its next run redoes the rest
+            print(f"[preprocess] {clip_id}: stopped after {yielded} segments ({record.detail})", flush=True)
+            return
+        yield self.row(record, [], started_at, started)
+
+    @staticmethod
+    def row(record: ClipRecord, samples: list, started_at: float, started: float) -> dict[str, Any]:
+        """One output row: a segment's record and its encoded samples; its time is since the previous row."""
+        elapsed = time.time() - started
         record.started_at, record.seconds = round(started_at, 3), round(elapsed, 3)
         outcome = f"{record.frames} frames" if record.status == "ok" else f"skipped ({record.reason}: {record.detail})"
-        print(f"[preprocess] {clip_id}: {outcome} in {elapsed:.1f}s", flush=True)
-        return {"clip_id": clip_id, "record": json.dumps(record.to_json()), "payload": pickle.dumps(samples)}
+        print(f"[preprocess] {record.clip_id}: {outcome} in {elapsed:.1f}s", flush=True)
+        return {"clip_id": record.clip_id, "record": json.dumps(record.to_json()), "payload": pickle.dumps(samples)}
 
 
 class ShardDatasink(Datasink):
@@ -283,13 +314,22 @@ def read_commits(fs, root: str) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The job, holding DEST's lock throughout: a second job writing DEST is refused in one line."""
+    storage_options = storage_options_from(args)
+    fs, root = filesystem_for(args.output, options_for(args.output, storage_options))
+    with DestLock(fs, root, args.output, break_stale=args.break_lock) as lock:
+        return write_dest(args, lock)
+
+
+def write_dest(args: argparse.Namespace, lock: DestLock) -> int:
     started = time.time()
     config: ClipConfig = args.config
     storage_options = storage_options_from(args)
     dest_options = options_for(args.output, storage_options)
     fs, root = filesystem_for(args.output, dest_options)
     if args.overwrite:
-        remove_outputs(fs, root)
+        removed = remove_outputs(fs, root, args.output)
+        print(f"[preprocess] --overwrite: deleted {len(removed)} files of earlier runs from {args.output}")
     commits = read_commits(fs, root)  # before Ray starts: a damaged DEST is refused at once
 
     ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
@@ -311,9 +351,14 @@ def run(args: argparse.Namespace) -> int:
         if config.split_mode == "clip"
         else {}
     )
-    done = {clip["clip_id"] for commit in commits for clip in commit["clips"]}
+    done, committed = resume_state(clip for commit in commits for clip in commit["clips"])
     todo = [
-        {"source": s, "clip_id": clip_ids[s], "split": splits.get(clip_ids[s], "")}
+        {
+            "source": s,
+            "clip_id": clip_ids[s],
+            "split": splits.get(clip_ids[s], ""),
+            "done": sorted(committed.get(clip_ids[s], ())),
+        }
         for s in sources
         if clip_ids[s] not in done
     ]
@@ -327,7 +372,7 @@ def run(args: argparse.Namespace) -> int:
     processed_frames, decoded_frames, process_seconds = 0, 0, 0.0
     if todo:
         process_started = time.perf_counter()
-        dataset = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
+        dataset = ray.data.from_items(todo, override_num_blocks=len(todo)).flat_map(
             ClipProcessor,
             fn_constructor_kwargs={
                 "backend_name": backend_name,
@@ -354,15 +399,21 @@ def run(args: argparse.Namespace) -> int:
         "processed_clips": len(todo),
         "workers": workers,
         "cluster_cpus": cpus,
-        "ffmpeg_timeout_s": args.ffmpeg_timeout or ffmpeg_timeout(config.max_seconds),
+        "ffmpeg_timeout_s": args.ffmpeg_timeout or ffmpeg_timeout(config.max_video_seconds),
         "processed_frames": processed_frames,
         "decoded_frames": decoded_frames,
         "process_seconds": round(process_seconds, 3),
         "wall_seconds": round(elapsed, 3),
     }
     manifest = Manifest.build(config, backend_name, commits, listing_skips, run_info)
+    lock.check()
+    stats = write_stats(manifest, args.output, dest_options)
     manifest.write(args.output, dest_options)
     print_summary(manifest, decoded_frames, processed_frames, process_seconds, elapsed, workers)
+    print(
+        f"  curation        {stats['hours_decoded']:.3f} h decoded, {stats['hours_kept']:.3f} h kept in "
+        f"{stats['segments_kept']} segments (distributions in {STATS_NAME})"
+    )
     if manifest.totals.clips == 0:
         print(
             f"[preprocess] error: no clip was written; the reasons are in {args.output.rstrip('/')}/{MANIFEST_NAME}",
@@ -374,6 +425,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (`ray job stop`, a scheduler) ends the job like an error, so DEST's lock is released;
+    # ray.init installs the same handler, this covers the seconds before it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     return run_job("preprocess", run, parse_args(argv))
 
 

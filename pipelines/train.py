@@ -29,10 +29,10 @@ from discohead import flags
 from discohead.contracts import CHECKPOINT_FILE
 from discohead.manifest import Manifest, ShardFormatError
 from discohead.storage import absolute, pyarrow_filesystem, s3_options
-from discohead.tracking import MlflowReporter, model_example, start_launch
+from discohead.tracking import MlflowReporter, model_example, run_failure, start_launch, tracking_uri
 from discohead.train_config import TrainConfig, launch_config
-from discohead.training import fit, fixed_pairs, training_chunks
-from pipelines.cli import UsageError, run_job
+from discohead.training import TooManyBadSamples, chunk_shapes, fit, fixed_pairs, shard_rows, training_chunks
+from pipelines.cli import UsageError, refuse_node_local_paths, run_job
 from pipelines.evaluate import evaluate_runs
 
 
@@ -60,29 +60,35 @@ def configure(args: argparse.Namespace) -> tuple[TrainConfig, Manifest, dict[str
 
 
 def connect_ray(config: TrainConfig, address: str | None) -> None:
-    """Join the cluster, or start a local Ray with room beside the workers for the Ray Data read tasks."""
+    """Join the cluster (it may add nodes on demand) or start a local Ray with room for the Ray Data read tasks;
+    refuse what it cannot run: too few CPUs or GPUs locally, paths on one node's disk when the job spans several."""
     if address := address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, logging_level="WARNING")
     else:
         needed = int(np.ceil(config.cpus_per_worker * config.num_workers * len(config.variants) + 2))
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), logging_level="WARNING")
     cpus, gpus = ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0)
-    if config.use_gpu and gpus < 1:
+    group = {"CPU": config.cpus_per_worker * config.num_workers, "GPU": config.num_workers * config.use_gpu}
+    if address and (gpus < 1 if config.use_gpu else cpus < group["CPU"]):  # an autoscaler adds nodes on demand
+        need = f"{group['GPU']} GPUs" if config.use_gpu else f"{group['CPU']:g} CPUs"
+        print(f"[train] the workers need {need}, more than the cluster has now: waiting for nodes", flush=True)
+    elif config.use_gpu and gpus < 1:
         raise UsageError("--use-gpu was given but the Ray cluster has no GPU: drop --use-gpu to train on CPU")
-    if not config.use_gpu and cpus < config.cpus_per_worker * config.num_workers:
+    elif not config.use_gpu and cpus < group["CPU"]:
         workers = f"{config.num_workers} workers x {config.cpus_per_worker:g} CPUs"
-        raise UsageError(
-            f"{workers} need {config.cpus_per_worker * config.num_workers:g} CPUs; the cluster has {cpus:g}"
-        )
+        raise UsageError(f"{workers} need {group['CPU']:g} CPUs; the cluster has {cpus:g}")
+    paths, shared = {"--data": config.data, "--storage": config.storage}, config.shared_storage
+    refuse_node_local_paths(paths, tracking_uri(), shared, group if address else None)  # before any worker starts
 
 
 def training_dataset(config: TrainConfig, manifest: Manifest) -> ray.data.Dataset:
     """One read task per training shard, flattened to chunks (split across the workers by Ray Train)."""
     ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print the progress
-    paths = [{"path": url} for url in manifest.shard_urls(config.data, "train")]
+    paths = shard_rows(manifest, config.data)  # with each shard's sample count: unreadable ones are counted
     read = {
         "storage_options": s3_options(config.data, config.s3_endpoint),
         "sources_per_chunk": config.pairs_per_chunk * (config.source_range == "clip"),
+        "shapes": chunk_shapes(manifest),
     }
     return ray.data.from_items(paths, override_num_blocks=len(paths)).flat_map(training_chunks, fn_kwargs=read)
 
@@ -117,11 +123,14 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     report = RayTrainReporter(
         loop["tracking_uri"], loop["run_id"], rank, config.register, config.alias, loop["example"]
     )
-    fit(
-        config, lambda epoch: chunk_batches(shard, config), report, checkpoint=checkpoint,
-        test_pairs=loop["test_pairs"] if rank == 0 else None, device=ray.train.torch.get_device(), rank=rank,
-        world_size=context.get_world_size(), wrap=ray.train.torch.prepare_model,
-    )  # fmt: skip
+    try:
+        fit(
+            config, lambda epoch: chunk_batches(shard, config), report, checkpoint=checkpoint,
+            test_pairs=loop["test_pairs"] if rank == 0 else None, device=ray.train.torch.get_device(), rank=rank,
+            world_size=context.get_world_size(), wrap=ray.train.torch.prepare_model, samples=loop["samples"],
+        )  # fmt: skip
+    except TooManyBadSamples as error:  # every worker stops at the same step; a raise would make Ray Train retry
+        report.failed(str(error))
 
 
 def fit_variant(config: TrainConfig, manifest: Manifest, run_name: str, loop: dict[str, Any]) -> str:
@@ -144,6 +153,8 @@ def fit_variant(config: TrainConfig, manifest: Manifest, run_name: str, loop: di
         datasets={"train": training_dataset(config, manifest)},
     )
     result = trainer.fit()
+    if failed := run_failure(loop["tracking_uri"], loop["run_id"]):  # the workers stopped on purpose
+        raise UsageError(failed)
     return result.checkpoint.path if result.checkpoint else ""
 
 
@@ -155,30 +166,23 @@ def run(args: argparse.Namespace) -> int:
     config, manifest, names = configure(args)
     connect_ray(config, args.ray_address)
     launch = start_launch(config, names, manifest, resume=args.resume)
-    where = f"MLflow {launch.tracking_uri}, experiment {config.experiment!r}, artifacts in {launch.artifact_root()}"
-    print(f"[train] {where}", flush=True)
-    pairs = fixed_pairs(config.data, manifest, config.seed, s3_options(config.data, config.s3_endpoint))
-    loop = {
-        "tracking_uri": launch.tracking_uri,
-        "test_pairs": pairs,
-        "example": model_example(pairs, config.image_size),
-    }
-    launches = [
-        (config.for_variant(variant), manifest, names[variant], {**loop, "run_id": launch.run_ids[variant]})
-        for variant in names
-    ]
-    for variant, name in names.items():
-        size = f"{config.steps} steps, {config.num_workers} worker(s), batch {config.batch_size}"
-        print(f"[train] {variant}: run {name}, MLflow run {launch.run_ids[variant]}, {size}", flush=True)
-    try:
+    with launch:  # a failure, Ctrl-C or SIGTERM (ray job stop) ends the runs FAILED or KILLED, with the reason
+        where = f"MLflow {launch.tracking_uri}, experiment {config.experiment!r}, artifacts in {launch.artifact_root()}"
+        print(f"[train] {where}", flush=True)
+        pairs = fixed_pairs(config.data, manifest, config.seed, s3_options(config.data, config.s3_endpoint))
+        example, samples = model_example(pairs, config.image_size), manifest.chunks("train")
+        loop = {"tracking_uri": launch.tracking_uri, "test_pairs": pairs, "example": example, "samples": samples}
+        launches = [
+            (config.for_variant(variant), manifest, names[variant], {**loop, "run_id": launch.run_ids[variant]})
+            for variant in names
+        ]
+        for variant, name in names.items():
+            size = f"{config.steps} steps, {config.num_workers} worker(s), batch {config.batch_size}"
+            print(f"[train] {variant}: run {name}, MLflow run {launch.run_ids[variant]}, {size}", flush=True)
         if len(launches) == 1:
             paths = [fit_variant(*launches[0])]
         else:
             paths = ray.get([fit_variant_task.remote(*arguments) for arguments in launches])
-    except BaseException:
-        launch.finish("FAILED")
-        raise
-    launch.finish()
     print(f"\n[train] finished; compare the runs in {where}:")
     for variant, path in zip(names, paths):
         print(f"  {variant:<10} MLflow run {launch.run_ids[variant]}  checkpoint {path}")

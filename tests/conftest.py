@@ -8,12 +8,14 @@ the fixture started. A fixture skips with a reason only when its binary is missi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -239,6 +241,114 @@ def ray_head(tmp_path_factory, s3_server: S3Server) -> Iterator[RayHead]:
     finally:
         stop_process_group(process, grace=10)
         log.close()
+
+
+@dataclass(frozen=True)
+class RayNodes:
+    """A Ray cluster of two nodes on this machine, each told apart by its CPUs and a custom resource."""
+
+    dashboard: str
+    gcs_address: str
+    client_env: dict[str, str]
+    node_env: dict[str, str]
+    token: str
+    nodes: dict[str, dict[str, float]]
+    """Per node name (``head``, ``second``): its resources as given to ``ray start``."""
+
+
+def alive_nodes(dashboard: str, token: str) -> list[dict]:
+    """The cluster's alive nodes from the dashboard's state API (the caller holds the token; no ray.init here)."""
+    request = urllib.request.Request(
+        f"{dashboard}/api/v0/nodes?limit=100&detail=1", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        nodes = json.load(response)["data"]["result"]["result"]
+    return [node for node in nodes if node["state"] == "ALIVE"]
+
+
+@pytest.fixture(scope="module")
+def ray_two_nodes(tmp_path_factory, s3_server: S3Server) -> Iterator[RayNodes]:
+    """A Ray head and a second node joined to it, both started with token authentication, as on a cluster.
+
+    Both run ``ray start --block`` in their own session (stopped by pid) with the S3 credentials in
+    their environment, the virtual environment first on PATH (``python`` in a job is the nodes'
+    Python, as on a cluster's image) and their own short temp folder (unix socket paths are
+    limited to ~107 bytes). The nodes differ in CPUs and carry a custom resource each
+    (``discohead_head``, ``discohead_second``), so a test can tell which node ran what. Scoped to
+    the module: two Ray nodes are heavy on a 2-core machine, they go when their tests are done.
+    """
+    binary = venv_binary("ray")
+    if binary is None:
+        pytest.skip("the ray CLI is not installed (pip install 'ray[default]')")
+    home, log_dir = Path(tempfile.mkdtemp(prefix="rayhome-")), tmp_path_factory.mktemp("ray-two-nodes")
+    subprocess.run(
+        [binary, "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)}, check=True, capture_output=True
+    )
+    token_path = home / ".ray" / "auth_token"
+    token = token_path.read_text().strip()
+    auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+    node_env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "PYTHONPATH")}
+    node_env.update(auth_env, **s3_server.env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    port, dashboard_port = free_port(), free_port()
+    nodes = {"head": {"CPU": 3, "discohead_head": 1}, "second": {"CPU": 4, "discohead_second": 1}}
+    common = ["--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    commands = {
+        "head": [
+            binary, "start", "--head", *common, "--port", str(port),
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+            "--ray-client-server-port", str(free_port()),
+        ],
+        "second": [binary, "start", *common, "--address", f"127.0.0.1:{port}"],
+    }  # fmt: skip
+    processes: list[subprocess.Popen] = []
+    logs, folders = [], [str(home)]
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        for name, command in commands.items():
+            resources = {key: value for key, value in nodes[name].items() if key != "CPU"}
+            folders.append(tempfile.mkdtemp(prefix="ray-"))
+            command += [
+                "--num-cpus", str(nodes[name]["CPU"]), "--resources", json.dumps(resources),
+                "--dashboard-agent-listen-port", str(free_port()), "--temp-dir", folders[-1],
+            ]  # fmt: skip
+            log = open(log_dir / f"ray-{name}.log", "wb")
+            logs.append(log)
+            processes.append(
+                subprocess.Popen(command, env=node_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            )
+
+            def joined(count: int = len(processes)) -> bool:
+                if any(process.poll() is not None for process in processes):
+                    return True
+                try:
+                    return len(alive_nodes(dashboard, token)) == count
+                except (OSError, KeyError, ValueError):
+                    return False
+
+            wait_until(joined, 120, f"ray node {name}")
+            if processes[-1].poll() is not None:
+                raise RuntimeError(f"ray start ({name}) exited with {processes[-1].returncode}; see {logs[-1].name}")
+        client_env = repo_env(**auth_env)
+        client_env.pop("RAY_ADDRESS", None)
+
+        def accepts_jobs() -> bool:
+            probe = subprocess.run(
+                [binary, "job", "submit", "--address", dashboard, "--", "true"],
+                env=client_env,
+                capture_output=True,
+                timeout=120,
+            )
+            return probe.returncode == 0
+
+        wait_until(accepts_jobs, 180, "ray job agent")
+        yield RayNodes(dashboard, f"127.0.0.1:{port}", client_env, node_env, token, nodes)
+    finally:
+        for process in reversed(processes):  # the second node first, then the head
+            stop_process_group(process, grace=10)
+        for log in logs:
+            log.close()
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- media -------------------------------------------------------------------------

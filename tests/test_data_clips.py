@@ -74,7 +74,8 @@ def test_large_frames_are_decoded_smaller(tmp_path, backend):
 
 
 def test_too_long_clips_are_skipped_before_any_decoding(synthetic_media, backend):
-    result = process_clip(synthetic_media["good_a.mp4"], "a", "a", backend, ClipConfig(max_seconds=1.0), "train")
+    config = ClipConfig(max_video_seconds=1.0, max_seconds=1.0, min_seconds=0.5, chunk_frames=25)
+    result = process_clip(synthetic_media["good_a.mp4"], "a", "a", backend, config, "train")
     assert result.record.reason == "too_long"
 
 
@@ -153,14 +154,15 @@ def raw_stream_of(video, folder):
     return path
 
 
-def test_a_stream_without_duration_is_cut_at_max_seconds_and_recorded_too_long(tmp_path, synthetic_media, backend):
+def test_a_stream_without_duration_is_cut_at_max_video_seconds_as_too_long(tmp_path, synthetic_media, backend):
     stream = raw_stream_of(synthetic_media["good_a.mp4"], tmp_path)
     kept = process_clip(stream, "s", "s", backend, ClipConfig(image_size=64, allow_silent=True), "train")
     assert kept.record.status == "ok" and kept.record.decoded_frames == 60, kept.record.detail
-    config = ClipConfig(image_size=64, allow_silent=True, max_seconds=1.0)
+    limits = {"max_video_seconds": 1.0, "max_seconds": 1.0, "min_seconds": 1.0, "chunk_frames": 25}
+    config = ClipConfig(image_size=64, allow_silent=True, **limits)
     result = process_clip(stream, "s", "s", backend, config, "train")
     assert (result.record.status, result.record.reason) == ("skipped", "too_long"), result.record.detail
-    assert "--max-seconds 1" in result.record.detail and not result.samples
+    assert "--max-video-seconds 1" in result.record.detail and not result.samples
 
 
 def test_a_playlist_naming_another_video_is_not_a_video(tmp_path, synthetic_media, backend):

@@ -15,12 +15,14 @@ from discohead.contracts import CHUNK_FRAMES, MANIFEST_NAME, SHARD_FORMAT_VERSIO
 from discohead.data.shards import (
     COMMITS_DIR,
     STAGING_DIR,
+    ForeignDestination,
     ShardWriterTask,
     decode_sample,
     encode_sample,
     iter_shard,
     iter_split,
     load_commits,
+    remove_outputs,
 )
 from discohead.manifest import ClipRecord, Manifest, ShardFormatError
 from discohead.storage import filesystem_for
@@ -251,3 +253,160 @@ def test_a_write_task_that_fails_before_committing_removes_its_staging(tmp_path)
             )
             raise RuntimeError("block could not be read")
     assert not Path(writer._workdir).exists()
+
+
+# --- listing, overwrite, two writers (issue 11, items 1-3) --------------------------
+
+
+def test_commits_published_by_other_processes_are_listed_on_s3(s3_server):
+    """s3fs caches folder listings: the driver must still see what the write tasks published."""
+    import s3fs
+
+    s3_server.filesystem().mkdir("fresh-listing")
+    dest, options = "s3://fresh-listing/prepared", s3_server.storage_options
+    write_clips(dest, "run-00000", {"a": ["train"]}, options)
+    fs, root = filesystem_for(dest, options)
+    assert [commit["name"] for commit in load_commits(fs, root)] == ["run-00000"]  # the listing is now cached
+    other_process = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    writer = ShardWriterTask(dest, options, "run-00001", 10**9)
+    writer.fs = other_process  # a write task of another process: this process's cache is not told
+    writer.add_clip(
+        ClipRecord("b", "/videos/b.mp4", "ok", frames=CHUNK_FRAMES, fps=25.0), [("train", fake_sample("b", 0))]
+    )
+    writer.commit()
+    assert [commit["name"] for commit in load_commits(fs, root)] == ["run-00000", "run-00001"]
+
+
+def test_a_clip_stored_by_two_commits_is_listed_once(tmp_path):
+    """What two jobs writing one DEST left behind: the later commit is rolled back and its clips redone."""
+    write_clips(str(tmp_path), "run-00000", {"a": ["train"], "b": ["train"]})
+    later = write_clips(str(tmp_path), "run-00001", {"b": ["train"], "c": ["test"]})
+    fs, root = filesystem_for(str(tmp_path))
+    manifest = Manifest.build(ClipConfig(), "dlib", load_commits(fs, root))
+    assert [clip.clip_id for clip in manifest.clips] == ["a", "b"]
+    assert not any((tmp_path / shard).exists() for shard in later["shards"])
+
+
+@pytest.fixture(params=["local", "s3"])
+def dest_fs(request, tmp_path):
+    """A DEST and its filesystem, on local disk or on the S3-compatible server."""
+    if request.param == "local":
+        dest, options = str(tmp_path / "prepared"), None
+    else:
+        s3_server = request.getfixturevalue("s3_server")
+        bucket = f"overwrite-{tmp_path.name.lower().replace('_', '-')[-40:]}"
+        s3_server.filesystem().mkdir(bucket)
+        dest, options = f"s3://{bucket}/prepared", s3_server.storage_options
+    fs, root = filesystem_for(dest, options)
+    fs.makedirs(root, exist_ok=True)
+    return dest, options, fs, root
+
+
+def put(fs, path: str, data: bytes) -> None:
+    fs.makedirs(os.path.dirname(path), exist_ok=True)
+    fs.pipe_file(path, data)
+
+
+def test_overwrite_refuses_a_dest_this_job_did_not_write(dest_fs):
+    dest, _, fs, root = dest_fs
+    assert remove_outputs(fs, root, dest) == []  # empty: nothing to delete, nothing to refuse
+    for name in ("train/holiday.mp4", "test/wedding.mp4"):
+        put(fs, f"{root}/{name}", b"a user's own video")
+    with pytest.raises(ForeignDestination) as refused:
+        remove_outputs(fs, root, dest)
+    assert dest in str(refused.value) and "\n" not in str(refused.value)
+    fs.invalidate_cache()
+    assert fs.cat_file(f"{root}/train/holiday.mp4") == fs.cat_file(f"{root}/test/wedding.mp4") == b"a user's own video"
+
+
+def test_overwrite_deletes_only_the_files_its_commits_list(dest_fs):
+    dest, options, fs, root = dest_fs
+    first = write_clips(dest, "run-00000", {"a": ["train", "test"]}, options)
+    crashed = write_clips(dest, "run-00001", {"b": ["train"]}, options)
+    fs.pipe_file(f"{root}/{COMMITS_DIR}/run-00001.json", b"")  # its record lost: its tars are found by name
+    Manifest.build(ClipConfig(), "dlib", [first]).write(dest, options)
+    mine = {"train/holiday.mp4": b"video", "train/shard-mine.tar.gz": b"tar", "notes.txt": b"notes"}
+    for name, data in mine.items():
+        put(fs, f"{root}/{name}", data)
+    removed = remove_outputs(fs, root, dest)
+    assert set(removed) == {
+        *first["shards"],
+        *crashed["shards"],
+        f"{COMMITS_DIR}/run-00000.json",
+        f"{COMMITS_DIR}/run-00001.json",
+        MANIFEST_NAME,
+    }
+    fs.invalidate_cache()
+    assert sorted(path[len(root) + 1 :] for path in fs.find(root)) == sorted(mine)
+
+
+# --- reading untrusted tars (issue 11, item 13) ------------------------------------------
+
+
+def _one_shard(tmp_path) -> str:
+    commit = write_clips(str(tmp_path / "dest"), "r1", {"a": ["train", "train", "train"]})
+    return str(tmp_path / "dest" / commit["shards"][0])
+
+
+def test_the_reader_groups_members_as_webdataset_does(tmp_path):
+    import webdataset as wds
+
+    path = _one_shard(tmp_path)
+    fs, _ = filesystem_for(path)
+    ours = list(iter_shard(fs, path))
+    with open(path, "rb") as handle:
+        theirs = list(
+            wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"url": path, "stream": handle}]))
+        )
+    assert [sample["__key__"] for sample in ours] == ["a_0000", "a_0001", "a_0002"]
+    assert ours == [{key: value for key, value in sample.items() if key != "__url__"} for sample in theirs]
+
+
+@pytest.mark.parametrize("compression", ["gzip", "bz2", "xz"])
+def test_compressed_tars_are_refused(tmp_path, compression):
+    """A compressed tar used to be unpacked on the fly (webdataset opens tars with mode ``r|*``)."""
+    import bz2
+    import gzip
+    import lzma
+
+    path = _one_shard(tmp_path)
+    packed = {"gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[compression](Path(path).read_bytes())
+    Path(path).write_bytes(packed)
+    fs, _ = filesystem_for(path)
+    with pytest.raises(ShardFormatError, match=f"{Path(path).name} is a .*-compressed tar") as error:
+        list(iter_shard(fs, path))
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_a_member_larger_than_the_bound_is_an_error_before_it_is_read(tmp_path):
+    import tarfile
+    import tracemalloc
+
+    path = _one_shard(tmp_path)
+    fs, _ = filesystem_for(path)
+    with pytest.raises(ShardFormatError, match=r"member a_0000\.frames\.npy is \d+ bytes, more than the 1000"):
+        list(iter_shard(fs, path, max_member_bytes=1000))
+    # A header claiming 8 GiB (a damaged or hostile tar): refused from the header, nothing allocated for it.
+    huge = tmp_path / "huge.tar"
+    member = tarfile.TarInfo("x_0000.frames.npy")
+    member.size = 8 << 30
+    huge.write_bytes(member.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 4096)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ShardFormatError, match="x_0000.frames.npy is 8589934592 bytes"):
+            list(iter_shard(fs, str(huge)))
+        assert tracemalloc.get_traced_memory()[1] < 50 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_truncated_or_garbled_tar_is_a_one_line_error_naming_it(tmp_path):
+    path = _one_shard(tmp_path)
+    data = Path(path).read_bytes()
+    fs, _ = filesystem_for(path)
+    Path(path).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ShardFormatError, match=f"{Path(path).name} is not a readable tar"):
+        list(iter_shard(fs, path))
+    Path(path).write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(ShardFormatError, match="is not a readable tar"):
+        list(iter_shard(fs, path))

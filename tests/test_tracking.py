@@ -6,6 +6,9 @@ model, the registry) are asserted on a real MLflow server in test_train_pipeline
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,71 @@ def test_a_checkpoint_loads_by_path_or_folder_and_bad_references_say_what_is_acc
     assert not is_model_ref(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="models:/NAME@ALIAS"):
         load_model(str(Path(tmp_path) / "missing"))
+
+
+def test_a_launch_ended_by_an_error_or_a_signal_leaves_no_run_running(tmp_path, monkeypatch):
+    """Issue 11, item 10: every way out of the launch's code ends its runs, saying why; --resume clears it."""
+    from mlflow.tracking import MlflowClient
+
+    from discohead.tracking import FAILURE_TAG
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    shards = str(tmp_path / "shards")
+    manifest = write_synthetic_shards(shards, clips=2, frames_per_clip=20, image_size=32, chunk_frames=10)
+    config = TrainConfig(variant="all", data=shards, widths="tiny", max_steps=3).resolve(manifest)
+    names = {variant: f"exp-{variant}-20260101-000000" for variant in config.variants}
+    launch = start_launch(config, names, manifest)
+    client = MlflowClient(launch.tracking_uri)
+    runs = [launch.parent_run_id, *launch.run_ids.values()]
+
+    def ended() -> set[tuple[str, str | None]]:
+        return {(client.get_run(run).info.status, client.get_run(run).data.tags.get(FAILURE_TAG)) for run in runs}
+
+    with pytest.raises(RuntimeError), launch:
+        raise RuntimeError("the data went away\nsecond line")
+    assert ended() == {("FAILED", "RuntimeError: the data went away")}
+    resumed = start_launch(config, names, manifest, resume=True)
+    assert resumed.run_ids == launch.run_ids and ended() == {("RUNNING", None)}, "--resume continues them, reason gone"
+    with pytest.raises(SystemExit), resumed:
+        raise SystemExit(15)  # what Ray's driver turns SIGTERM (ray job stop) into
+    assert ended() == {
+        ("KILLED", "stopped by SIGTERM, e.g. ray job stop: --resume continues the run from its last checkpoint")
+    }
+    with pytest.raises(KeyboardInterrupt), start_launch(config, names, manifest, resume=True):
+        raise KeyboardInterrupt
+    assert {status for status, _ in ended()} == {"KILLED"}
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit), start_launch(config, names, manifest, resume=True):
+        os.kill(os.getpid(), signal.SIGTERM)  # the launch's own handler: the signal is named, not guessed
+        time.sleep(5)
+    assert {reason.split(",")[0] for _, reason in ended()} == {"stopped by SIGTERM"}
+    assert signal.getsignal(signal.SIGTERM) is before, "the handler is the launch's only while it runs"
+    with start_launch(config, names, manifest, resume=True):
+        pass  # a trainer that returns without its children finishing (Ray Train aborted by Ctrl-C)
+    assert client.get_run(launch.parent_run_id).info.status == "FINISHED"
+    assert {client.get_run(run).info.status for run in launch.run_ids.values()} == {"KILLED"}
+
+
+def test_every_loader_is_tensor_only_and_no_doc_points_at_an_unpickling_one():
+    """Issue 11, item 13: models, checkpoints and weights load with ``weights_only=True`` everywhere,
+    nothing calls a loader that unpickles (``mlflow.pytorch.load_model``, ``torch.hub.load_state_dict_from_url``
+    without it), and the docs point at ``discohead.tracking.load_model`` / ``mlflow.pyfunc``."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    code = {
+        path: path.read_text()
+        for folder in ("discohead", "pipelines", "bench")
+        for path in (root / folder).rglob("*.py")
+    }
+    for path, text in code.items():
+        for call in re.findall(r"torch\.load\((?:[^()]|\([^()]*\))*\)", text):
+            assert "weights_only=True" in call, f"{path}: {call}"
+        assert "load_state_dict_from_url" not in text and "mlflow.pytorch" not in text, path
+    docs = {path: path.read_text() for path in [root / "README.md", *(root / "docs").glob("*.md")]}
+    for path, text in docs.items():
+        assert "mlflow.pytorch.load_model" not in text and "pickle.load" not in text, path
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f"{path}: {call}"
+    training = docs[root / "docs" / "training.md"]
+    assert "from discohead.tracking import load_model" in training and "mlflow.pyfunc.load_model" in training

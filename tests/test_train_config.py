@@ -170,19 +170,147 @@ def test_a_new_field_reaches_the_flags_the_loop_the_params_and_the_checkpoint(ma
     assert WithWarmup.from_dict(recorder.checkpoints[2]["train_config"]) == config, "--resume rebuilds the same config"
 
 
-def test_resume_point_finds_the_latest_run_and_its_saved_config(tmp_path, manifest):
-    import torch
-
+def _saved_checkpoints(manifest: Manifest) -> tuple[TrainConfig, dict[int, dict]]:
     config = TrainConfig(**{**TINY, "max_steps": 2, "checkpoint_every": 1}).resolve(manifest)
     recorder = Recorder()
     fit(config, in_memory_chunks(synthetic_chunks(1, 20, 32, 10), config.chunks_per_fetch), recorder)
-    for run, step in (("exp-affine-nm-20260101-000000", 1), ("exp-affine-nm-20260102-000000", 2)):
-        (tmp_path / run / f"step-{step:08d}").mkdir(parents=True)
-        torch.save(recorder.checkpoints[step], tmp_path / run / f"step-{step:08d}" / "discohead.pt")
-    name, saved = resume_point(str(tmp_path), {}, "exp-affine-nm-")
+    return config, recorder.checkpoints
+
+
+# The run to resume (experiment "exp", affine-nm), then names a prefix match took: a newer run of
+# the experiment "exp-affine-nm-v2", the training job's evaluation output, another variant's run.
+RESUME_LAYOUT = (
+    ("exp-affine-nm-20260101-000000", 1),
+    ("exp-affine-nm-20260102-000000", 2),
+    ("exp-affine-nm-v2-affine-nm-20260301-000000", 1),
+    ("exp-affine-nm-20260102-000000-eval", None),
+    ("exp-affine-nm-dm-20260401-000000", 1),
+)
+
+
+def test_resume_point_matches_the_run_name_exactly_and_takes_the_newest(tmp_path, manifest):
+    import torch
+
+    config, checkpoints = _saved_checkpoints(manifest)
+    for run, step in RESUME_LAYOUT:
+        (tmp_path / run).mkdir()
+        if step:
+            (tmp_path / run / f"step-{step:08d}").mkdir()
+            torch.save(checkpoints[step], tmp_path / run / f"step-{step:08d}" / "discohead.pt")
+    name, saved = resume_point(str(tmp_path), {}, "exp", "affine-nm")
     assert name == "exp-affine-nm-20260102-000000" and TrainConfig.from_dict(saved) == config
+    assert resume_point(str(tmp_path), {}, "exp-affine-nm-v2", "affine-nm")[0].startswith("exp-affine-nm-v2-")
     with pytest.raises(FileNotFoundError, match="drop --resume"):
-        resume_point(str(tmp_path), {}, "exp-tps-nm-")
+        resume_point(str(tmp_path), {}, "exp", "tps-nm")
+    (tmp_path / "exp-affine-nm-20260501-000000").mkdir()  # killed before its first checkpoint
+    with pytest.raises(FileNotFoundError, match="exp-affine-nm-20260501-000000 .* stopped before its first checkpoint"):
+        resume_point(str(tmp_path), {}, "exp", "affine-nm")
+
+
+def test_resume_point_matches_exactly_on_s3(s3_server, manifest):
+    """The same layout on the S3-compatible server: the listing comes from object keys, not folders."""
+    import io
+
+    import torch
+
+    config, checkpoints = _saved_checkpoints(manifest)
+    fs = s3_server.filesystem()
+    fs.mkdir("resume-runs")
+    for run, step in RESUME_LAYOUT:
+        key = f"resume-runs/runs/{run}/" + (f"step-{step:08d}/discohead.pt" if step else "results.md")
+        buffer = io.BytesIO()
+        torch.save(checkpoints[step] if step else {}, buffer)
+        fs.pipe(key, buffer.getvalue())
+    name, saved = resume_point("s3://resume-runs/runs", s3_server.storage_options, "exp", "affine-nm")
+    assert name == "exp-affine-nm-20260102-000000" and TrainConfig.from_dict(saved) == config
+
+
+TRAIN_OUT_OF_RANGE = [
+    (["--batch-size", "0"], "--batch-size must be at least 1, not 0"),
+    (["--max-steps", "0"], "--max-steps must be at least 1"),
+    (["--epochs", "0"], "--epochs must be above 0"),
+    (["--epochs", "nan"], "--epochs must be above 0"),
+    (["--log-every", "0"], "--log-every must be at least 1"),
+    (["--checkpoint-every", "-5"], "--checkpoint-every must be at least 1"),
+    (["--image-every", "0"], "--image-every must be at least 1"),  # was a ZeroDivisionError in every worker
+    (["--lr", "0"], "--lr must be above 0"),
+    (["--lr", "inf"], "--lr must be above 0"),
+    (["--num-workers", "0"], "--num-workers must be at least 1"),
+    (["--cpus-per-worker", "0"], "--cpus-per-worker must be above 0"),
+    (["--pairs-per-chunk", "0"], "--pairs-per-chunk must be at least 1"),
+    (["--max-failures", "-1"], "--max-failures must be at least 0"),
+    (["--seed", "-1"], "--seed must be at least 0"),  # numpy refused it in the workers, Ray Train retried
+    (["--max-bad-samples", "1.5"], "--max-bad-samples must be at least 0 and at most 1"),
+    (["--evaluate-clips", "0"], "--evaluate-clips must be at least 1"),  # 0 meant "all"
+    (["--image-size", "20"], "--image-size must be at least 32 and at most 1024 and a multiple of 8"),
+    (["--perceptual-weight", "-1"], "--perceptual-weight must be at least 0"),
+]
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> str:
+    dest = str(tmp_path_factory.mktemp("ranges") / "shards")
+    write_synthetic_shards(dest, clips=2, frames_per_clip=20, image_size=32, chunk_frames=10)
+    return dest
+
+
+@pytest.mark.parametrize("arguments, message", TRAIN_OUT_OF_RANGE)
+def test_out_of_range_training_flags_stop_the_job_in_one_line_before_ray(shard_dir, capsys, arguments, message):
+    """Each value used to reach the workers (or start Ray first); now the job refuses it, one line, exit 2."""
+    import ray
+
+    assert train.main(["--variant", "affine-nm", "--data", shard_dir, *arguments]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error, error
+    assert not ray.is_initialized(), "refused before Ray starts"
+
+
+PREPROCESS_OUT_OF_RANGE = [
+    (["--chunk-frames", "0"], "--chunk-frames must be at least 1"),
+    (["--chunk-frames", "1000"], "--chunk-frames must be at least 1 and at most 250"),
+    (["--image-size", "2048"], "--image-size must be at least 32 and at most 1024"),
+    (["--fps", "0"], "--fps must be at least 1"),
+    (["--max-seconds", "0"], "--max-seconds must be at least"),
+    (["--max-seconds", "nan"], "--max-seconds must be at least"),
+    (["--max-frame-side", "0"], "--max-frame-side must be at least 32"),
+    (["--detect-max-side", "8"], "--detect-max-side must be at least 32"),
+    (["--detect-every", "0"], "--detect-every must be at least 1"),
+    (["--max-missing-face", "2"], "--max-missing-face must be at least 0 and at most 1"),
+    (["--sample-rate", "0"], "--sample-rate must be at least 8000"),
+    (["--n-mels", "0"], "--n-mels must be at least 1"),
+    (["--n-mels", "1000"], "--n-mels must be at least 1 and at most 257"),
+    (["--n-fft", "0"], "--n-fft must be at least 16"),
+    (["--hop-length", "0"], "--hop-length must be at least 1"),
+    (["--f-max", "9000"], "--f-max must be above 55 and at most 8000"),
+    (["--window-ms", "0"], "--window-ms must be at least 10"),
+    (["--split-ratio", "1.5"], "--split-ratio must be between 0 and 1"),
+    (["--shard-size-mb", "0"], "--shard-size-mb must be above 0"),
+    (["--workers", "0"], "--workers must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("arguments, message", PREPROCESS_OUT_OF_RANGE)
+def test_out_of_range_preprocessing_flags_are_argparse_errors(capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        preprocess.parse_args(["--input", "v", "--output", "o", *arguments])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("usage:") is False and message in error, error
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--max-clips", "0"], "--max-clips must be at least 1"),
+    ],
+)
+def test_out_of_range_evaluation_flags_are_argparse_errors(capsys, arguments, message):
+    from pipelines import evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.parse_args(["--model", "m", "--data", "d", *arguments])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_the_training_job_module_stays_wiring_only():

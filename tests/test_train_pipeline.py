@@ -169,7 +169,11 @@ def test_loss_decreases_and_resume_continues_the_step_count(shards, mlflow_serve
         "--resume kept the saved config and took the new --max-steps"
     )
     params = run.data.params
-    assert set(saved) - {"model_options"} <= set(params) and params["lr"] == "0.001" and params["max_steps"] == "20"
+    assert (
+        set(saved) - {"model_options", "preprocessing"} <= set(params)
+        and params["lr"] == "0.001"
+        and params["max_steps"] == "20"
+    )
 
 
 def train_worker_pids(root: int) -> list[int]:
@@ -231,6 +235,88 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(sha
     assert resumed and "resuming from step 0" not in resumed[0], output[-4000:]
     (run,) = mlflow_runs(mlflow_server, "failover")
     assert max(step for step, _ in metric_history(mlflow_server, run.info.run_id, "loss_total")) == 100
+
+
+def test_unreadable_samples_are_skipped_and_logged_and_too_many_fail_in_one_line(mlflow_server, tmp_path):
+    """Issue 11, item 9: one damaged sample used to fail the read task, so every retry of the run."""
+    from mlflow.tracking import MlflowClient
+    from test_training import rewrite_tar
+
+    from discohead.data.synthetic_shards import write_synthetic_shards
+
+    dest = str(tmp_path / "damaged")
+    manifest = write_synthetic_shards(dest, clips=4, frames_per_clip=150, image_size=32, seed=0)
+    (shard,) = manifest.shards["train"]
+    rewrite_tar(f"{dest}/{shard}", lambda name, data: b"{not json" if name.endswith("001-00001.meta.json") else data)
+    common = [
+        "--variant", "affine-nm", "--data", dest, "--batch-size", "2", "--max-steps", "30", "--log-every", "10",
+        "--checkpoint-every", "30", "--storage", str(tmp_path / "runs"), *TINY_MODEL,
+    ]  # fmt: skip  # 7 readable chunks x 8 pairs / 2 = 28 steps a pass: the shard's count (on one row) is met
+    within = train(
+        *common, "--experiment", "bad-within", "--max-bad-samples", "0.2", mlflow_uri=mlflow_server, cwd=tmp_path
+    )
+    assert within.returncode == 0, within.stdout[-3000:] + within.stderr[-3000:]
+    (run,) = mlflow_runs(mlflow_server, "bad-within")
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["bad_samples"] == 1 and run.data.metrics[f"bad_samples/{shard}"] == 1
+    assert "sample synthetic-0-001-00001: JSONDecodeError" in run.data.tags[f"bad_samples/{shard}"]
+
+    started = time.monotonic()
+    beyond = train(*common, "--experiment", "bad-beyond", mlflow_uri=mlflow_server, cwd=tmp_path)  # default 0.01
+    output = beyond.stdout + beyond.stderr
+    assert beyond.returncode == 2, output[-3000:]
+    (error,) = [line for line in beyond.stderr.splitlines() if line.startswith("[train] error:")]
+    assert error == (
+        "[train] error: 1 of the 8 training samples are unreadable, more than --max-bad-samples 0.01 allows: "
+        "preprocess the data again (the MLflow run's bad_samples/* metrics name the shards) or raise --max-bad-samples"
+    ), output[-3000:]
+    readers = {line.split("pid=")[1].split(")")[0] for line in output.splitlines() if "skipped 1 unreadable" in line}
+    assert len(readers) == 1, "no retry: one worker read the shard, no worker group was started again"
+    assert time.monotonic() - started < 180
+    (run,) = mlflow_runs(mlflow_server, "bad-beyond")
+    assert run.info.status == "FAILED" and "1 of the 8 training samples" in run.data.tags["discohead.failure"]
+    assert MlflowClient(mlflow_server).get_metric_history(run.info.run_id, f"bad_samples/{shard}")[0].value == 1
+
+
+def test_a_stopped_job_ends_its_run_killed_with_the_reason_and_resume_finishes_it(shards, mlflow_server, tmp_path):
+    """Issue 11, item 10: SIGTERM (what ray job stop sends) used to leave the MLflow run RUNNING forever."""
+    storage = tmp_path / "runs"
+    env = repo_env(MLFLOW_TRACKING_URI=mlflow_server, PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    arguments = ["--variant", "tps-dm", "--storage", str(storage), "--experiment", "stopped"]
+    command = [
+        sys.executable, str(SCRIPT), *arguments, "--data", shards, "--batch-size", "2", "--max-steps", "400",
+        "--log-every", "5", "--checkpoint-every", "5", *TINY_MODEL,
+    ]  # fmt: skip
+    log_path = tmp_path / "train.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            wait_until(
+                lambda: any(storage.glob("*/checkpoint_manager_snapshot.json")) or process.poll() is not None,
+                300,
+                "a registered checkpoint",
+            )
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            os.kill(process.pid, signal.SIGTERM)  # the driver only, as ray job stop signals its entrypoint
+            process.wait(timeout=120)
+        finally:
+            stop_process_group(process)
+    (run,) = mlflow_runs(mlflow_server, "stopped")
+    assert run.info.status == "KILLED", log_path.read_text()[-3000:]
+    assert run.data.tags["discohead.failure"].startswith("stopped by SIGTERM")
+
+    saved = max(int(path.parent.name.removeprefix("step-")) for path in storage.glob("*/step-*/discohead.pt"))
+    target = saved + 10
+    resumed = train(*arguments, "--resume", "--max-steps", str(target), mlflow_uri=mlflow_server, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming from step 0" not in resumed.stdout + resumed.stderr
+    (again,) = mlflow_runs(mlflow_server, "stopped")
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert "discohead.failure" not in again.data.tags, "the resumed run no longer carries the old reason"
+    assert max(step for step, _ in metric_history(mlflow_server, run.info.run_id, "loss_total")) == target
 
 
 @pytest.mark.parametrize(

@@ -160,3 +160,114 @@ def test_training_sources_come_from_anywhere_in_the_clip(tmp_path):
     pairs = draw_pairs(chunks[:1], pairs_per_chunk=4, rng=np.random.default_rng(0))
     assert all((chunks[0]["sources"] == source).all(axis=(1, 2, 3)).any() for source in pairs["source"])
     assert training_chunks({"path": url})[0].keys() == {"key", "frames", "mel", "eye_boxes"}
+
+
+# --- unreadable samples (issue 11, item 9) ------------------------------------------------
+
+
+def rewrite_tar(path, change) -> None:
+    """Rewrite the tar at ``path`` with ``change(name, data)``: new bytes, or None to drop the member."""
+    import io
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        members = [(member.name, tar.extractfile(member).read()) for member in tar]
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            data = change(name, data)
+            if data is not None:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def corrupt_dataset(dest: str):
+    """Two training shards of 6 samples: 4 damaged in the first, the second deleted. Returns the manifest."""
+    import io
+    from pathlib import Path
+
+    from discohead.contracts import ClipConfig
+    from discohead.data.shards import load_commits
+    from discohead.data.synthetic_shards import write_synthetic_shards
+    from discohead.manifest import Manifest
+    from discohead.storage import filesystem_for
+
+    for seed in (0, 1):
+        write_synthetic_shards(dest, clips=2, frames_per_clip=40, image_size=32, chunk_frames=10, seed=seed)
+    config = ClipConfig(image_size=32, chunk_frames=10, split_mode="time")
+    manifest = Manifest.build(config, "none", load_commits(*filesystem_for(dest)), run={"id": "t"}, synthetic=True)
+    manifest.write(dest)
+    first, second = manifest.shards["train"]
+    wrong_size = io.BytesIO()
+    np.save(wrong_size, np.zeros((10, 16, 16, 3), np.uint8))
+    damage = {
+        "synthetic-0-000-00000.meta.json": b"{not json",
+        "synthetic-0-000-00001.mel.npy": b"\x93NUMPY garbage",
+        "synthetic-0-000-00002.eye_boxes.npy": None,  # missing
+        "synthetic-0-001-00000.frames.npy": wrong_size.getvalue(),  # 16 px in 32 px shards
+    }
+    rewrite_tar(f"{dest}/{first}", lambda name, data: damage.get(name, data) if name in damage else data)
+    Path(f"{dest}/{second}").unlink()
+    return manifest
+
+
+def test_unreadable_samples_are_skipped_counted_per_shard_and_fail_the_run_past_the_share(tmp_path):
+    """A damaged meta.json or .npy, a missing member or shard used to fail the read task, and so
+    every retry of the run; now each is skipped and counted, and only too many fail it."""
+    import dataclasses
+
+    from discohead.train_config import TrainConfig
+    from discohead.training import (
+        Reporter,
+        TooManyBadSamples,
+        chunk_shapes,
+        fit,
+        fixed_pairs,
+        in_memory_chunks,
+        shard_rows,
+        training_chunks,
+    )
+
+    dest = str(tmp_path / "shards")
+    manifest = corrupt_dataset(dest)
+    rows, shapes = shard_rows(manifest, dest), chunk_shapes(manifest)
+    assert [row["samples"] for row in rows] == [6, 6] and manifest.chunks("train") == 12
+    damaged = training_chunks(rows[0], sources_per_chunk=2, shapes=shapes)
+    assert [chunk["key"] for chunk in damaged] == ["synthetic-0-001-00001", "synthetic-0-001-00002"]
+    assert [chunk["bad_samples"] for chunk in damaged] == [4, 0] and all(chunk["usable"] for chunk in damaged)
+    assert damaged[0]["bad_reason"].startswith("sample synthetic-0-000-00000: JSONDecodeError")
+    (missing,) = training_chunks(rows[1], sources_per_chunk=2, shapes=shapes)
+    assert not missing["usable"] and missing["bad_samples"] == 6 and "FileNotFoundError" in missing["bad_reason"]
+    assert missing["frames"].shape == shapes["frames"] and missing["sources"].shape == (2, 32, 32, 3), (
+        "the placeholder has a chunk's columns and shapes, so it batches with the others"
+    )
+
+    class Recorder(Reporter):
+        def __init__(self):
+            self.bad, self.metrics, self.keys = {}, {}, []
+
+        def bad_samples(self, shard, count, reason):
+            self.bad[shard] = (count, reason)
+
+        def log(self, step, metrics):
+            self.metrics[step] = metrics
+
+        def chunks_seen(self, keys):
+            self.keys += keys
+
+    config = TrainConfig(
+        variant="affine-nm", data=dest, image_size=32, widths="tiny", perceptual_weight=0, batch_size=2,
+        pairs_per_chunk=2, max_steps=4, log_every=1, checkpoint_every=4, max_bad_samples=0.9,
+    )  # fmt: skip
+    stream = in_memory_chunks(damaged + [missing], chunks_per_fetch=1)
+    recorder = Recorder()
+    fit(config, stream, recorder, samples=manifest.chunks("train"))  # 10 of 12 bad: within 0.9
+    assert {shard: count for shard, (count, _) in recorder.bad.items()} == dict(zip(manifest.shards["train"], (4, 6)))
+    assert recorder.metrics[4]["bad_samples"] == 10 and sorted(recorder.keys) == [chunk["key"] for chunk in damaged], (
+        "the placeholder is counted, never trained on"
+    )
+    with pytest.raises(TooManyBadSamples, match=r"^10 of the 12 training samples are unreadable, more than --max-bad"):
+        fit(dataclasses.replace(config, max_bad_samples=0.5), stream, Recorder(), samples=12)
+    # The driver's fixed batch of pairs passes over them too (here drawn from the damaged shards).
+    damaged_only = dataclasses.replace(manifest, shards={"train": [], "test": manifest.shards["train"]})
+    assert len(fixed_pairs(dest, damaged_only, seed=0)["source"]) == 8

@@ -1,4 +1,4 @@
-"""One video in, one :class:`ClipResult` out: the whole per-clip preprocessing, without Ray.
+"""One video in, one :class:`ClipResult` per segment out: the whole per-clip preprocessing, without Ray.
 
 Order matters for speed on bad input: the cheap checks (streams, length, audio) run
 before the landmark pass, which is the costly part. Every way a file can be unusable
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,10 @@ import torch
 from ..audio import clip_windows
 from ..contracts import ClipConfig, eye_box_from_landmarks
 from ..manifest import ClipRecord
+from . import curation, sync
 from .crop import crop_and_resize, crop_boxes, fill_missing, landmarks_to_crop
-from .landmarks import LandmarkBackend, track_largest_face
+from .landmarks import FaceTrack, LandmarkBackend, track_largest_face
+from .segments import Piece, ShotDetector, plan_pieces
 from .shards import encode_sample
 from .video import (
     MediaError,
@@ -40,8 +42,15 @@ SKIP_REASONS = {
     "no_audio_stream": "no audio stream (use --allow-silent to keep such clips)",
     "silent_audio": "the audio track is digital silence (use --allow-silent to keep such clips)",
     "too_short": "fewer usable frames than one chunk (--chunk-frames)",
-    "too_long": "longer than --max-seconds (by its header, or by decoding when the header has no duration)",
+    "too_long": "longer than --max-video-seconds (by its header, or by decoding when the header has no duration)",
+    "short_shot": "a shot shorter than --min-seconds in a video with cuts (an uncut video is kept whole)",
     "no_face": "no face found in too many frames (--max-missing-face)",
+    "small_face": "the face crop is smaller than --min-face-size source pixels a side",
+    "jittery": "the landmarks jump more than --max-jitter of the face size per frame (a lost or switching track)",
+    "quiet_audio": "the segment's audio is below --min-audio-dbfs (no audible speech)",
+    "clipped_audio": "more than --max-clipping of the segment's audio samples are at full scale",
+    "blurry": "the face crops' variance of the Laplacian is below --min-sharpness",
+    "av_offset": "the audio is confidently (--av-confidence) more than --max-av-shift frames out of sync",
     "not_found": "an --input (or a listed path) names no existing file",
     "unreadable_input": "the input (or an entry of a list file) could not be read or fetched from storage",
     "timeout": "ffmpeg ran past its timeout (--ffmpeg-timeout) on the file",
@@ -85,6 +94,10 @@ def time_split(num_chunks: int, train_ratio: float) -> list[str]:
     return ["train"] * (num_chunks - test_count) + ["test"] * test_count
 
 
+SHARPNESS_EVERY = 5
+"""Sharpness is measured on every 5th frame of a segment: the median of 50 frames of a
+10 s segment is steady, and each measure costs one extra small crop."""
+
 KEEP_FRAMES_BYTES = 512 * 1024**2
 """Up to this many bytes of decoded frames are kept from the landmark pass for cropping;
 longer (or larger) clips are decoded a second time instead of held in memory."""
@@ -109,6 +122,39 @@ def is_silent(waveform: np.ndarray, dbfs: float) -> bool:
     return rms <= 10 ** (dbfs / 20)
 
 
+def process_video(
+    path: str | Path,
+    source: str,
+    source_id: str,
+    backend: LandmarkBackend,
+    config: ClipConfig,
+    split: str | None = None,
+    *,
+    ffmpeg_timeout_s: float | None = None,
+    done: Container[str] = (),
+) -> Iterator[ClipResult]:
+    """Decode, track, cut into segments, crop and chunk one local video: one result per segment.
+
+    ``split`` (required in clip mode) is the video's: all its segments share it, so no
+    person leaks from train to test. Results come one segment at a time, so a long video
+    never holds more than one segment's crops; a segment whose clip id is in ``done``
+    (committed by an earlier run) is not yielded. A video with no cut up to
+    ``--max-seconds`` makes one clip with the id ``source_id``, as before segmentation.
+
+    ``source`` is what the manifest shows (the original URI); ``path`` is where the bytes
+    are now. ``ffmpeg_timeout_s`` bounds each ffmpeg run (default: derived from
+    ``config.max_video_seconds`` by :func:`~discohead.data.video.ffmpeg_timeout`); it is
+    not a :class:`ClipConfig` field because it never changes a stored shard's bytes and a
+    slower machine must be able to raise it without invalidating the DEST it resumes.
+    """
+    record = ClipRecord(clip_id=source_id, source=source, status="ok", fps=float(config.fps), source_id=source_id)
+    timeout_s = ffmpeg_timeout(config.max_video_seconds) if ffmpeg_timeout_s is None else ffmpeg_timeout_s
+    try:
+        yield from _process(Path(path), record, backend, config, split, timeout_s, done)
+    except MediaError as error:
+        yield _skip(record, error.reason, error.detail)
+
+
 def process_clip(
     path: str | Path,
     source: str,
@@ -119,41 +165,177 @@ def process_clip(
     *,
     ffmpeg_timeout_s: float | None = None,
 ) -> ClipResult:
-    """Decode, track, crop and chunk one local video; ``split`` is required in clip mode.
+    """:func:`process_video` for a video that makes one clip (uncut, up to ``--max-seconds``, or skipped whole).
 
-    ``source`` is what the manifest shows (the original URI); ``path`` is where the
-    bytes are now. ``ffmpeg_timeout_s`` bounds each ffmpeg run (default: derived from
-    ``config.max_seconds`` by :func:`~discohead.data.video.ffmpeg_timeout`); it is not a
-    :class:`ClipConfig` field because it never changes a stored shard's bytes and a
-    slower machine must be able to raise it without invalidating the DEST it resumes.
+    Raises ValueError when the video makes several segments: callers that take any video
+    use :func:`process_video`.
     """
-    record = ClipRecord(clip_id=clip_id, source=source, status="ok", fps=float(config.fps))
-    timeout_s = ffmpeg_timeout(config.max_seconds) if ffmpeg_timeout_s is None else ffmpeg_timeout_s
-    try:
-        return _process(Path(path), record, backend, config, split, timeout_s)
-    except MediaError as error:
-        return _skip(record, error.reason, error.detail)
+    results = list(process_video(path, source, clip_id, backend, config, split, ffmpeg_timeout_s=ffmpeg_timeout_s))
+    if len(results) != 1:
+        raise ValueError(f"{source} makes {len(results)} segments; use process_video")
+    return results[0]
 
 
-def max_clip_frames(config: ClipConfig) -> int:
-    """Most frames a clip of ``--max-seconds`` yields at the target fps, plus one of rounding slack."""
-    return int(config.max_seconds * config.fps + 1e-6) + 1
+def max_video_frames(config: ClipConfig) -> int:
+    """Most frames a video of ``--max-video-seconds`` yields at the target fps, plus one of rounding slack."""
+    return int(config.max_video_seconds * config.fps + 1e-6) + 1
+
+
+def max_segment_frames(config: ClipConfig) -> int:
+    """Most frames one segment stores: ``--max-seconds`` at the target fps."""
+    return int(config.max_seconds * config.fps + 1e-6)
+
+
+def resume_state(records: Iterable[dict[str, Any]]) -> tuple[set[str], dict[str, set[str]]]:
+    """From committed records: the source ids with every part committed, and the clip ids committed per source.
+
+    A video's segments may be committed by different write tasks, so a crash can leave
+    some of them; the next run redoes that video and stores only the missing ones.
+    Records written before segmentation count as one-part sources under their clip id.
+    """
+    committed: dict[str, set[str]] = {}
+    parts: dict[str, int] = {}
+    for record in records:
+        source_id = record.get("source_id") or record["clip_id"]
+        committed.setdefault(source_id, set()).add(record["clip_id"])
+        parts[source_id] = max(parts.get(source_id, 1), int(record.get("parts", 1)))
+    return {source_id for source_id, ids in committed.items() if len(ids) >= parts[source_id]}, committed
+
+
+def _segment_record(base: ClipRecord, piece: Piece, index: int, pieces: int, config: ClipConfig) -> ClipRecord:
+    record = ClipRecord(
+        clip_id=base.source_id if pieces == 1 else f"{base.source_id}-s{index:03d}",
+        source=base.source,
+        status="ok",
+        fps=base.fps,
+        notes=list(base.notes),
+        source_id=base.source_id,
+        segment=index,
+        parts=pieces,
+        shot=piece.shot,
+        start=round(piece.start / config.fps, 3),
+        end=round(piece.end / config.fps, 3),
+        decoded_frames=piece.frames,
+    )
+    return record
+
+
+def samples_per_frame(config: ClipConfig) -> int:
+    """Audio samples in one video frame's span (rounded when the rates do not divide)."""
+    return int(round(config.mel.sample_rate / config.fps))
+
+
+def _piece_waveform(waveform: np.ndarray, piece: Piece, whole: bool, config: ClipConfig) -> np.ndarray:
+    """The piece's stretch of the audio (a whole video keeps its whole waveform, as before segmentation)."""
+    if whole:
+        return waveform
+    sample_rate = config.mel.sample_rate
+    first = int(round(piece.start / config.fps * sample_rate))
+    return waveform[first : first + int(round(piece.frames / config.fps * sample_rate))]
+
+
+Gate = tuple[str, float, float, bool, str, str]
+"""One quality gate: measure name, value, limit, whether the limit is a minimum, skip reason, flag."""
+
+
+def _gate(record: ClipRecord, gates: list[Gate]) -> bool:
+    """Store every measure on the record, then skip it on the first gate it fails. True when skipped."""
+    for name, value, _, _, _, _ in gates:
+        record.measures[name] = round(value, 5)
+    for name, value, limit, low, reason, flag in gates:
+        if (value < limit) if low else (value > limit):
+            _skip(record, reason, f"{name} {value:.4g} {'<' if low else '>'} {flag} {limit:g}")
+            return True
+    return False
+
+
+def _check_piece(
+    record: ClipRecord,
+    piece: Piece,
+    track: FaceTrack,
+    config: ClipConfig,
+    whole: bool,
+    frame: tuple[int, int, float],
+    audio: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The piece's landmarks, crop boxes and audio shift in frames, or None when it is not stored (the record says why).
+
+    ``frame`` is the decoded width and height and the source / decoded scale; ``audio``
+    the piece's waveform, or None when there is no real audio to judge (silence kept
+    under --allow-silent). The cheap gates and the audio-visual offset run here, before
+    any crop is made; a confident offset up to ``--max-av-shift`` is corrected by
+    shifting the audio, a larger one skips the piece.
+    """
+    if not whole and piece.frames < config.min_seconds * config.fps - 1e-6:
+        _skip(record, "short_shot", f"{piece.frames / config.fps:.2f}s < --min-seconds {config.min_seconds:g}")
+        return None
+    if piece.frames < config.chunk_frames:
+        _skip(record, "too_short", f"{piece.frames} usable frames < {config.chunk_frames}")
+        return None
+    found = track.found[piece.start : piece.end]
+    missing = 1.0 - float(found.mean())
+    if missing > config.max_missing_face:
+        _skip(record, "no_face", f"no face in {missing:.0%} of frames (limit {config.max_missing_face:.0%})")
+        return None
+    several = int((track.face_counts[piece.start : piece.end] > 1).sum())
+    if several:
+        record.notes.append(f"several faces in {several} detections: tracked the largest")
+    if not found.all():
+        record.notes.append(f"no face in {int((~found).sum())} frames: landmarks interpolated")
+    count = piece.frames
+    width, height, scale = frame
+    landmarks = fill_missing(track.landmarks[piece.start : piece.end].reshape(count, -1)).reshape(count, 68, 2)
+    boxes = crop_boxes(landmarks, width, height, config.smoothing_sigma, config.crop_scale, config.crop_lift)
+    gates: list[Gate] = [
+        ("face_size", curation.face_size(boxes, scale), config.min_face_size, True, "small_face", "--min-face-size"),
+        ("jitter", curation.landmark_jitter(landmarks), config.max_jitter, False, "jittery", "--max-jitter"),
+    ]
+    if audio is not None:
+        gates += [
+            ("audio_dbfs", curation.audio_dbfs(audio), config.min_audio_dbfs, True, "quiet_audio", "--min-audio-dbfs"),
+            ("clipping", curation.clipped_share(audio), config.max_clipping, False, "clipped_audio", "--max-clipping"),
+        ]
+    if _gate(record, gates):
+        return None
+    shift = 0
+    if audio is not None:
+        offset, confidence = sync.av_offset(landmarks, audio, samples_per_frame(config))
+        record.measures.update(av_offset=offset, av_confidence=round(confidence, 5))
+        if confidence >= config.av_confidence and offset:
+            said = f"audio {abs(offset)} frames {'late' if offset > 0 else 'early'} (confidence {confidence:.2f})"
+            if abs(offset) > config.max_av_shift:
+                _skip(record, "av_offset", f"{said} > --max-av-shift {config.max_av_shift}")
+                return None
+            record.notes.append(f"{said}: shifted to sync")
+            shift = offset
+    return landmarks, boxes, shift
 
 
 def _process(
-    path: Path, record: ClipRecord, backend: LandmarkBackend, config: ClipConfig, split: str | None, timeout_s: float
-) -> ClipResult:
+    path: Path,
+    base: ClipRecord,
+    backend: LandmarkBackend,
+    config: ClipConfig,
+    split: str | None,
+    timeout_s: float,
+    done: Container[str],
+) -> Iterator[ClipResult]:
+    if config.split_mode == "clip" and split is None:
+        raise ValueError("split mode 'clip' needs the clip's split")
     sample_rate = config.mel.sample_rate
-    info, waveform = probe_and_decode_audio(path, sample_rate, config.max_seconds, timeout_s=timeout_s)
+    limit = config.max_video_seconds
+    info, waveform = probe_and_decode_audio(path, sample_rate, limit, timeout_s=timeout_s)
     if not info.has_video:
-        return _skip(
-            record,
+        yield _skip(
+            base,
             "no_video_stream",
             f"only an audio stream ({info.audio_codec})" if info.has_audio else "no stream ffmpeg can decode",
         )
-    if info.duration is not None and info.duration > config.max_seconds:
-        return _skip(record, "too_long", f"{info.duration:.1f}s > --max-seconds {config.max_seconds:g}")
-    notes = record.notes
+        return
+    if info.duration is not None and info.duration > limit:
+        yield _skip(base, "too_long", f"{info.duration:.1f}s > --max-video-seconds {limit:g}")
+        return
+    notes = base.notes
     if info.fps and abs(info.fps - config.fps) > 0.01:
         notes.append(f"resampled from {info.fps:g} to {config.fps} fps")
     if info.height > info.width:
@@ -164,81 +346,151 @@ def _process(
     if waveform is not None:
         if is_silent(waveform, config.silence_dbfs):
             if not config.allow_silent:
-                return _skip(record, "silent_audio", f"audio RMS below {config.silence_dbfs:g} dBFS")
+                yield _skip(base, "silent_audio", f"audio RMS below {config.silence_dbfs:g} dBFS")
+                return
             notes.append("silent audio kept (--allow-silent)")
     elif not config.allow_silent:
-        return _skip(record, "no_audio_stream", "the file has a video stream only")
+        yield _skip(base, "no_audio_stream", "the file has a video stream only")
+        return
     else:
         notes.append("no audio stream: silence used (--allow-silent)")
 
     crop_width, crop_height = scaled_size(info.width, info.height, config.max_frame_side)
     detect_width, detect_height = scaled_size(info.width, info.height, config.detect_max_side)
-    expected_bytes = (info.duration or config.max_seconds) * config.fps * crop_width * crop_height * 3
+    expected_bytes = (info.duration or limit) * config.fps * crop_width * crop_height * 3
     kept: list[np.ndarray] | None = (
         []
         if (crop_width, crop_height) == (detect_width, detect_height) and expected_bytes <= KEEP_FRAMES_BYTES
         else None
     )
     # Bounded whatever the header says (a raw .h264 stream has no duration): ffmpeg stops a
-    # second past the limit, and a frame past it ends the clip as too_long right away.
-    bounds = {"max_seconds": config.max_seconds + 1, "max_frames": max_clip_frames(config), "timeout_s": timeout_s}
+    # second past the limit, and a frame past it ends the video as too_long right away.
+    bounds = {"max_seconds": limit + 1, "max_frames": max_video_frames(config), "timeout_s": timeout_s}
+    shots = ShotDetector(config.fps, config.shot_threshold)
     try:
         track = track_largest_face(
-            _keeping(iter_video_frames(path, config.fps, detect_width, detect_height, **bounds), kept),
+            _keeping(shots.watch(iter_video_frames(path, config.fps, detect_width, detect_height, **bounds)), kept),
             backend,
             scale=crop_width / detect_width,
             detect_every=config.detect_every,
+            restart_at=shots.cuts,
         )
     except MediaError as error:
         if error.reason != "too_long":
             raise
-        raise MediaError("too_long", f"{error.detail} > --max-seconds {config.max_seconds:g}") from None
+        raise MediaError("too_long", f"{error.detail} > --max-video-seconds {limit:g}") from None
     decoded = len(track)
-    record.decoded_frames = decoded
+    base.decoded_frames = decoded
     if info.duration and decoded < 0.9 * info.duration * config.fps - 2:
-        return _skip(
-            record, "corrupt", f"decoded only {decoded} of about {info.duration * config.fps:.0f} frames (truncated?)"
+        yield _skip(
+            base, "corrupt", f"decoded only {decoded} of about {info.duration * config.fps:.0f} frames (truncated?)"
         )
+        return
     if waveform is None:
         waveform = np.zeros(int(round(decoded / config.fps * sample_rate)), np.float32)
     num_frames, waveform, note = reconcile_lengths(decoded, waveform, config.fps, sample_rate, config.audio_tolerance_s)
     if note:
         notes.append(note)
-    chunk_frames = config.chunk_frames
-    if num_frames < chunk_frames:
-        return _skip(record, "too_short", f"{num_frames} usable frames < {chunk_frames}")
-    found = track.found[:num_frames]
-    missing = 1.0 - float(found.mean())
-    if missing > config.max_missing_face:
-        return _skip(record, "no_face", f"no face in {missing:.0%} of frames (limit {config.max_missing_face:.0%})")
-    several = int((track.face_counts[:num_frames] > 1).sum())
-    if several:
-        notes.append(f"several faces in {several} detections: tracked the largest")
-    if not found.all():
-        notes.append(f"no face in {int((~found).sum())} frames: landmarks interpolated")
+    pieces = plan_pieces(num_frames, shots.cuts, max_segment_frames(config), config.chunk_frames) or [
+        Piece(0, num_frames, 0)
+    ]
+    if len(pieces) > 1:
+        cuts = len({piece.shot for piece in pieces}) - 1
+        notes.append(f"cut into {len(pieces)} segments ({cuts} shot cuts, at most {config.max_seconds:g}s each)")
+    records = [_segment_record(base, piece, index, len(pieces), config) for index, piece in enumerate(pieces)]
+    records[-1].decoded_frames += decoded - num_frames
+    if len(pieces) == 1:
+        records[0].decoded_frames = decoded
+    whole = len(pieces) == 1
+    real_audio = not is_silent(waveform, config.silence_dbfs)  # silence kept under --allow-silent is not judged
+    frame = (crop_width, crop_height, info.width / crop_width)
+    todo = []
+    for record, piece in zip(records, pieces):
+        audio = _piece_waveform(waveform, piece, whole, config) if real_audio else None
+        fitted = _check_piece(record, piece, track, config, whole, frame, audio)
+        if record.clip_id in done:
+            continue
+        if fitted is None:
+            yield ClipResult(record)
+        else:
+            todo.append((record, piece, fitted))
+    if not todo:
+        return
 
-    landmarks = fill_missing(track.landmarks[:num_frames].reshape(num_frames, -1)).reshape(num_frames, 68, 2)
-    boxes = crop_boxes(landmarks, crop_width, crop_height, config.smoothing_sigma, config.crop_scale, config.crop_lift)
-    size = config.image_size
-    crops = np.empty((num_frames, size, size, 3), np.uint8)
-    cropped = 0
     second_pass = kept if kept is not None else iter_video_frames(path, config.fps, crop_width, crop_height, **bounds)
-    for index, frame in enumerate(second_pass):
-        if index >= num_frames:
-            break
-        crops[index] = crop_and_resize(frame, boxes[index], size)
+    frames = enumerate(second_pass)
+    for position, (record, piece, (landmarks, boxes, shift)) in enumerate(todo):
+        stored = piece.frames // config.chunk_frames * config.chunk_frames
+        try:
+            cropped = _crop_piece(frames, piece, stored, landmarks, boxes, config)
+            reason, detail = "corrupt", f"second decoding pass ended before frame {piece.start + stored}"
+        except MediaError as error:
+            cropped, reason, detail = None, error.reason, error.detail
+        if cropped is None:  # the rest of the video cannot be read: every segment left says why
+            for rest, _, _ in todo[position:]:
+                yield _skip(rest, reason, detail)
+            return
+        crops, crop_landmarks, sharpness = cropped
+        if _gate(record, [("sharpness", sharpness, config.min_sharpness, True, "blurry", "--min-sharpness")]):
+            yield ClipResult(record)
+            continue
+        synced = sync.shift_audio(waveform, shift, samples_per_frame(config)) if shift else waveform
+        audio = _piece_waveform(synced, piece, whole, config)
+        yield _store_piece(record, piece, stored, (crops, crop_landmarks), audio, config, split)
+
+
+def _crop_piece(
+    frames: Iterator[tuple[int, np.ndarray]],
+    piece: Piece,
+    stored: int,
+    landmarks: np.ndarray,
+    boxes: np.ndarray,
+    config: ClipConfig,
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Face crops of the piece's first ``stored`` frames from the shared frame stream, their landmarks, sharpness.
+
+    The crop boxes were smoothed within the piece only: smoothing across a cut would drag
+    the box toward the other shot's face. Sharpness is measured on crops of the same boxes
+    at a fixed size (see :mod:`discohead.data.curation`). None when the stream ends early.
+    """
+    size = config.image_size
+    crops = np.empty((stored, size, size, 3), np.uint8)
+    measured = []
+    cropped = 0
+    for index, frame in frames:
+        if index < piece.start:
+            continue
+        offset = index - piece.start
+        crops[offset] = crop_and_resize(frame, boxes[offset], size)
+        if offset % SHARPNESS_EVERY == 0:
+            sample = crop_and_resize(frame, boxes[offset], curation.SHARPNESS_SIZE)
+            measured.append(curation.laplacian_variance(sample))
         cropped += 1
-    if cropped < num_frames:
-        return _skip(record, "corrupt", f"second decoding pass gave {cropped} of {num_frames} frames")
+        if cropped == stored:
+            break
+    if cropped < stored:
+        return None
+    return crops, landmarks_to_crop(landmarks[:stored], boxes[:stored], size), float(np.median(measured))
 
-    crop_landmarks = landmarks_to_crop(landmarks, boxes, size)
+
+def _store_piece(
+    record: ClipRecord,
+    piece: Piece,
+    stored: int,
+    cropped: tuple[np.ndarray, np.ndarray],
+    waveform: np.ndarray,
+    config: ClipConfig,
+    split: str | None,
+) -> ClipResult:
+    """The piece's chunks as shard samples; mel windows from the piece's own ``waveform``."""
+    crops, crop_landmarks = cropped
+    size = config.image_size
     eye_boxes = eye_box_from_landmarks(torch.from_numpy(crop_landmarks), size).numpy()
-    mel = clip_windows(torch.from_numpy(waveform), num_frames, config.fps, config.mel).numpy().astype(np.float16)
+    mel = clip_windows(torch.from_numpy(waveform), piece.frames, config.fps, config.mel).numpy().astype(np.float16)
 
-    num_chunks = num_frames // chunk_frames
+    chunk_frames = config.chunk_frames
+    num_chunks = stored // chunk_frames
     if config.split_mode == "clip":
-        if split is None:
-            raise ValueError("split mode 'clip' needs the clip's split")
         splits = [split] * num_chunks
         record.split = split
     else:
@@ -270,7 +522,8 @@ def _process(
                 ),
             )
         )
-    record.frames = num_chunks * chunk_frames
-    if num_frames > record.frames:
-        notes.append(f"last {num_frames - record.frames} frames dropped (not a whole chunk)")
+    record.frames = stored
+    record.end = round((piece.start + stored) / config.fps, 3)
+    if piece.frames > stored:
+        record.notes.append(f"last {piece.frames - stored} frames dropped (not a whole chunk)")
     return ClipResult(record, samples)

@@ -9,7 +9,7 @@ the others did not, so the job can say which one it used.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -194,6 +194,7 @@ def track_largest_face(
     scale: float = 1.0,
     detect_every: int = 1,
     max_coast: int = 10,
+    restart_at: Container[int] = (),
 ) -> FaceTrack:
     """Follow the largest face through ``frames``; ``scale`` maps frame pixels to output pixels.
 
@@ -201,7 +202,9 @@ def track_largest_face(
     largest face, which keeps the speaker when a smaller face (audience, poster) appears.
     In between, landmarks are re-fitted in a box that follows the previous landmarks.
     When a detection finds nothing, tracking coasts for at most ``max_coast`` frames
-    before the face counts as lost. Faces per detection are kept for the report.
+    before the face counts as lost. Faces per detection are kept for the report. At a
+    frame in ``restart_at`` (a shot cut; it may fill while the frames stream) tracking
+    starts afresh with a detection: the last shot's face says nothing about the new one.
     """
     all_landmarks: list[np.ndarray] = []
     found: list[bool] = []
@@ -212,6 +215,8 @@ def track_largest_face(
     for index, frame in enumerate(frames):
         landmarks = None
         count = -1
+        if index in restart_at:
+            reference, previous, failed_detections = None, None, 0
         if previous is None or index % detect_every == 0:
             faces = backend.faces(frame)
             count = len(faces)

@@ -4,6 +4,7 @@ Layout under DEST (a local folder or any fsspec URL such as ``s3://bucket/prefix
 
     train/shard-<run>-<task>-<n>.tar   test/...      finished shards only
     _commits/<run>-<task>.json                       which clips each write task stored
+    _lock.json                                       the job writing DEST now (discohead.data.lock)
     _staging/                                        tars being built (local DEST only)
     manifest.json                                    written last, from all commits
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -33,9 +35,11 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from ..contracts import MANIFEST_NAME, SHARD_FORMAT_VERSION, SHARD_KEYS, SPLITS
+from ..contracts import MANIFEST_NAME, SHARD_FORMAT_VERSION, SHARD_KEYS, SPLITS, STATS_NAME
+from ..errors import UsageError
 from ..manifest import ClipRecord, Manifest, ShardFormatError
 from ..storage import filesystem_for, is_local, publish_bytes, publish_file
+from .lock import LOCK_NAME
 
 COMMITS_DIR = "_commits"
 STAGING_DIR = "_staging"
@@ -107,8 +111,8 @@ def write_sample(tar: tarfile.TarFile, sample: dict[str, Any]) -> int:
 
     This is what webdataset's ``TarWriter`` does for ready-encoded samples, written with
     the standard library because importing webdataset imports torch: about 3 s of CPU in
-    every fresh Ray worker that runs a write task (measured, docs/benchmarks.md). Shards
-    are read back with webdataset's own iterators (:func:`iter_shard`).
+    every fresh Ray worker that runs a write task (measured, docs/benchmarks.md). Any
+    WebDataset loader reads the shards; this package reads them with :func:`iter_shard`.
     """
     key = sample["__key__"]
     written = 0
@@ -246,68 +250,230 @@ def _read_commit(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | N
     return commit
 
 
+def _forget_listings(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    """Drop fsspec's cached listings of DEST's folders before reading them.
+
+    s3fs caches every folder listing for the life of its filesystem object, which fsspec
+    shares among all users of the same options in a process. The write tasks publish
+    commits and tars from other processes, so a listing read at the start of a run
+    would hide them at its end, and the manifest would miss every clip of the run.
+    """
+    for folder in (COMMITS_DIR, STAGING_DIR, *SPLITS):
+        fs.invalidate_cache(f"{root}/{folder}")
+
+
+def _split_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """Every file under DEST's split folders, as ``<split>/<name>``."""
+    found = []
+    for split in SPLITS:
+        if fs.exists(f"{root}/{split}"):
+            found.extend(f"{split}/{Path(path).name}" for path in fs.ls(f"{root}/{split}", detail=False))
+    return found
+
+
+def _named_after(commit_path: str, files: Iterable[str]) -> list[str]:
+    """The tars a commit's write task publishes (``shard-<commit name>-*.tar``), found by name."""
+    prefix = f"shard-{Path(commit_path).stem}-"
+    return [shard for shard in sorted(files) if Path(shard).name.startswith(prefix) and shard.endswith(".tar")]
+
+
+def _is_shard(relative: Any) -> bool:
+    """A path a write task could have published (``<split>/shard-*.tar``), so safe to delete."""
+    parts = relative.split("/") if isinstance(relative, str) else []
+    return len(parts) == 2 and parts[0] in SPLITS and parts[1].startswith("shard-") and parts[1].endswith(".tar")
+
+
 def load_commits(fs: fsspec.AbstractFileSystem, root: str, repair: bool = True) -> list[dict[str, Any]]:
     """Commit records whose tars all exist; interrupted ones are rolled back when ``repair``.
 
     Rolling back deletes the interrupted commit's published tars and its record, so its
     clips count as not done and are processed again, and removes what killed write tasks
     left in the staging folder. An empty record counts as interrupted: its tars are found
-    by name (``shard-<commit name>-*``). Call it with ``repair`` only while no write task
-    runs. Raises :class:`ShardFormatError` for a record that is damaged otherwise.
+    by name (``shard-<commit name>-*``). A complete commit that stores a clip an earlier
+    commit already stores (two jobs that wrote one DEST) is rolled back too, so no clip
+    is listed, or read, twice. Call it with ``repair`` only while no write task runs.
+    Raises :class:`ShardFormatError` for a record that is damaged otherwise. Listings are
+    read fresh, never from fsspec's cache.
     """
+    _forget_listings(fs, root)
     commit_dir = f"{root}/{COMMITS_DIR}"
     if repair and fs.exists(f"{root}/{STAGING_DIR}"):
         fs.rm(f"{root}/{STAGING_DIR}", recursive=True)
     if not fs.exists(commit_dir):
         return []
     existing = set()
-    for split in SPLITS:
-        if fs.exists(f"{root}/{split}"):
-            for path in fs.ls(f"{root}/{split}", detail=False):
-                name = Path(path).name
-                if name.endswith(".partial") and repair:
-                    fs.rm_file(path)
-                else:
-                    existing.add(f"{split}/{name}")
-    complete = []
+    for shard in _split_files(fs, root):
+        if shard.endswith(".partial") and repair:
+            fs.rm_file(f"{root}/{shard}")
+        else:
+            existing.add(shard)
+    complete, stored = [], set()
     for path in sorted(fs.ls(commit_dir, detail=False)):
         if not path.endswith(".json"):
             continue
         commit = _read_commit(fs, path)
-        if commit is not None and all(shard in existing for shard in commit["shards"]):
+        clips = {clip.get("clip_id") for clip in commit["clips"]} - {None} if commit is not None else set()
+        if commit is not None and all(shard in existing for shard in commit["shards"]) and not clips & stored:
             complete.append(commit)
+            stored |= clips
         elif repair:
-            if commit is not None:
-                published = [shard for shard in commit["shards"] if shard in existing]
-            else:
-                prefix = f"shard-{Path(path).stem}-"
-                published = [shard for shard in sorted(existing) if Path(shard).name.startswith(prefix)]
+            published = [s for s in commit["shards"] if s in existing] if commit else _named_after(path, existing)
             for shard in published:
                 fs.rm_file(f"{root}/{shard}")
             fs.rm_file(path)
     return complete
 
 
-def remove_outputs(fs: fsspec.AbstractFileSystem, root: str) -> None:
-    """Delete everything a previous run wrote under ``root`` (for ``--overwrite``)."""
-    for name in (*SPLITS, COMMITS_DIR, STAGING_DIR):
-        if fs.exists(f"{root}/{name}"):
-            fs.rm(f"{root}/{name}", recursive=True)
-    if fs.exists(f"{root}/{MANIFEST_NAME}"):
-        fs.rm_file(f"{root}/{MANIFEST_NAME}")
+_BOOKKEEPING = {
+    COMMITS_DIR,
+    STAGING_DIR,
+    LOCK_NAME,
+    f".{LOCK_NAME}.partial",
+    f".{MANIFEST_NAME}.partial",
+    STATS_NAME,
+    f".{STATS_NAME}.partial",
+}
+"""What the job itself keeps in DEST besides shards and the manifest (not a sign of a user's files)."""
+
+
+class ForeignDestination(UsageError):
+    """``--overwrite`` asked to clear a DEST this job did not write."""
+
+
+def _job_manifest(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """DEST's manifest when it is one this job writes (any format version), else ``None``."""
+    if not fs.exists(path):
+        return None
+    try:
+        values = json.loads(fs.cat_file(path))
+    except ValueError:
+        return None
+    if isinstance(values, dict) and "format_version" in values and isinstance(values.get("shards"), dict):
+        return values
+    return None
+
+
+def remove_outputs(fs: fsspec.AbstractFileSystem, root: str, shown: str | None = None) -> list[str]:
+    """Delete what earlier runs of this job wrote under ``root`` (``--overwrite``), and nothing else.
+
+    DEST may hold a user's own files, even in folders named ``train/`` or ``test/``, so
+    only what the job's own bookkeeping names is deleted: the tars its commit records and
+    its manifest list (``<split>/shard-*.tar`` only), the tars named after an unreadable
+    record, the records, the manifest, the staging folder and the job's half-written
+    dot-named ``.partial`` files; then the job's folders if that left them empty. A DEST
+    that is not empty but holds neither a manifest nor a commit record of this job is
+    refused with :class:`ForeignDestination` before anything is deleted. Returns the
+    paths (relative to DEST) deleted.
+    """
+    _forget_listings(fs, root)
+    shown = (shown or root).rstrip("/")
+    commit_dir = f"{root}/{COMMITS_DIR}"
+    records = sorted(p for p in fs.ls(commit_dir, detail=False) if p.endswith(".json")) if fs.exists(commit_dir) else []
+    manifest = _job_manifest(fs, f"{root}/{MANIFEST_NAME}")
+    if not records and manifest is None:
+        listed = fs.ls(root, detail=False) if fs.exists(root) else []
+        others = [Path(path).name for path in listed if Path(path).name not in _BOOKKEEPING]
+        if others:
+            raise ForeignDestination(
+                f"--overwrite refused: {shown} holds no manifest or commit records of this job (it holds "
+                f"{', '.join(sorted(others)[:3])}), so nothing in it is this job's to delete; nothing was deleted: "
+                "use a new or empty --output"
+            )
+        return []
+    files = _split_files(fs, root)
+    targets = set()
+    for path in records:
+        try:
+            commit = _read_commit(fs, path)
+        except ShardFormatError:
+            commit = None
+        targets.update(
+            shard for shard in (commit["shards"] if commit else _named_after(path, files)) if _is_shard(shard)
+        )
+    if manifest is not None:
+        listed = [shard for shards in manifest["shards"].values() if isinstance(shards, list) for shard in shards]
+        targets.update(shard for shard in listed if _is_shard(shard))
+    targets &= set(files)
+    targets.update(f for f in files if Path(f).name.startswith(".shard-") and f.endswith(".tar.partial"))
+    removed = sorted(targets)
+    for shard in removed:
+        fs.rm_file(f"{root}/{shard}")
+    for path in (*records, f"{root}/{MANIFEST_NAME}", f"{root}/{STATS_NAME}"):
+        if fs.exists(path):
+            fs.rm_file(path)
+            removed.append(path[len(root) + 1 :])
+    if fs.exists(f"{root}/{STAGING_DIR}"):
+        fs.rm(f"{root}/{STAGING_DIR}", recursive=True)
+    if is_local(fs):
+        partials = [Path(root) / f".{name}.partial" for name in (MANIFEST_NAME, STATS_NAME)]
+        for partial in [*Path(root).glob(f"{COMMITS_DIR}/.*.json.partial"), *partials]:
+            partial.unlink(missing_ok=True)
+        for folder in (*SPLITS, COMMITS_DIR):
+            try:
+                os.rmdir(f"{root}/{folder}")
+            except OSError:  # absent, or still holding a user's files
+                pass
+    _forget_listings(fs, root)
+    return removed
 
 
 # --- reading -----------------------------------------------------------------------
 
 
-def iter_shard(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[dict[str, Any]]:
-    """Raw samples of one tar, grouped by key with webdataset's own iterators."""
-    import webdataset as wds  # imports torch: only readers (training, evaluation) pay for it
+MAX_MEMBER_BYTES = 1 << 30
+"""Largest tar member a reader loads (1 GiB). A member is read whole into memory, so a tar
+whose header claims more (damaged, or made to exhaust the reader) is refused before any of
+it is read. The jobs' largest member, ``frames.npy`` at ``MAX_CHUNK_FRAMES`` frames of
+``MAX_IMAGE_SIZE`` px, is 768 MiB."""
 
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"(\xb5/\xfd": "zstd"}
+"""Magic numbers of the compressions tarfile (or webdataset) would otherwise unpack on the fly."""
+
+_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+"""``KEY.NAME`` of a member: the key runs to the first dot of the file name (webdataset's rule)."""
+
+
+def iter_shard(
+    fs: fsspec.AbstractFileSystem, path: str, max_member_bytes: int = MAX_MEMBER_BYTES
+) -> Iterator[dict[str, Any]]:
+    """Raw samples of one tar: its ``KEY.NAME`` members grouped by key, as webdataset groups them.
+
+    Read with the standard library in stream mode (one pass, also over s3://) and without
+    importing webdataset, so that what is accepted is decided here: a plain tar only (a
+    compressed one would be unpacked on the fly, at a cost no shard setting bounds), and no
+    member larger than ``max_member_bytes``. Raises :class:`ShardFormatError` naming the
+    shard for either, and for a tar that is cut short or garbled.
+    """
     with fs.open(path, "rb") as handle:
-        files = wds.tariterators.tar_file_expander([{"url": path, "stream": handle}])
-        for sample in wds.tariterators.group_by_keys(files):
-            sample.pop("__url__", None)
+        head = handle.read(8)
+        for magic, kind in _COMPRESSED.items():
+            if head.startswith(magic):
+                raise ShardFormatError(
+                    f"{path} is a {kind}-compressed tar: shards are read as plain tars only (decompress it, or "
+                    "rerun pipelines/preprocess.py)"
+                )
+        handle.seek(0)
+        sample: dict[str, Any] = {}
+        try:
+            with tarfile.open(fileobj=handle, mode="r|") as tar:
+                for member in tar:
+                    found = _MEMBER.match(member.name) if member.isreg() else None
+                    if found is None:
+                        continue
+                    if member.size > max_member_bytes:
+                        raise ShardFormatError(
+                            f"{path}: member {member.name} is {member.size} bytes, more than the "
+                            f"{max_member_bytes} a shard member may hold; the shard is damaged or not this job's"
+                        )
+                    key, name = found.groups()
+                    if sample and (key != sample["__key__"] or name in sample):
+                        yield sample
+                        sample = {}
+                    sample.setdefault("__key__", key)
+                    sample[name] = tar.extractfile(member).read()
+        except (tarfile.TarError, EOFError) as error:
+            raise ShardFormatError(f"{path} is not a readable tar ({type(error).__name__}: {error})") from None
+        if sample:
             yield sample
 
 

@@ -40,6 +40,9 @@ class SyntheticClip:
     audio: str = "speech"
     audio_seconds: float | None = None
     seed: int = 0
+    background: tuple[int, int, int] = (70, 90, 140)
+    audio_delay: float = 0.0
+    """Seconds the sound lags the mouth (negative: leads it): an out-of-sync recording."""
 
 
 def speech_like_audio(seconds: float, sample_rate: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +120,7 @@ def render_frames(clip: SyntheticClip, envelope: np.ndarray) -> np.ndarray:
     per_frame = len(envelope) / max(count, 1)
     blink_frames = set(rng.choice(count, size=max(1, count // 40), replace=False).tolist()) if count else set()
     for index in range(count):
-        image = Image.new("RGB", (clip.width, clip.height), (70, 90, 140))
+        image = Image.new("RGB", (clip.width, clip.height), clip.background)
         draw = ImageDraw.Draw(image)
         start = int(index * per_frame)
         mouth = float(envelope[start : int((index + 1) * per_frame) + 1].mean()) if len(envelope) else 0.0
@@ -164,6 +167,14 @@ def write_synthetic_video(path: str | Path, clip: SyntheticClip = SyntheticClip(
     if audio_seconds < clip.seconds:
         envelope = np.pad(envelope, (0, int(round((clip.seconds - audio_seconds) * clip.sample_rate))))
     frames = render_frames(clip, envelope)
+    if clip.audio_delay:
+        shift = int(round(clip.audio_delay * clip.sample_rate))
+        moved = np.zeros_like(waveform)
+        if shift > 0:
+            moved[shift:] = waveform[:-shift]
+        else:
+            moved[:shift] = waveform[-shift:]
+        waveform = moved
     video = ffmpeg.input(
         "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{clip.width}x{clip.height}", framerate=clip.fps
     )
@@ -191,3 +202,37 @@ def write_synthetic_video(path: str | Path, clip: SyntheticClip = SyntheticClip(
             .run(cmd=ffmpeg_executable(), input=frames.tobytes(), capture_stdout=True, capture_stderr=True)
         )
     return path
+
+
+def write_cut_video(path: str | Path, clips: list[SyntheticClip], folder: str | Path) -> tuple[Path, list[float]]:
+    """Synthetic clips joined with hard cuts into one video (their frame size and fps must agree).
+
+    Returns the path and the times (seconds) where each clip after the first starts: the
+    true cut times a shot detector is checked against.
+    """
+    parts = [write_synthetic_video(Path(folder) / f"part{index}.mp4", clip) for index, clip in enumerate(clips)]
+    join_videos(parts, path)
+    starts = np.cumsum([round(clip.seconds * clip.fps) / clip.fps for clip in clips])[:-1]
+    return Path(path), [float(start) for start in starts]
+
+
+def join_videos(parts: list[Path], path: str | Path) -> Path:
+    """Videos with audio (same frame size) joined end to end with hard cuts, as H.264/AAC."""
+    inputs = [ffmpeg.input(str(part)) for part in parts]
+    joined = ffmpeg.concat(*[stream for part in inputs for stream in (part.video, part.audio)], v=1, a=1).node
+    (
+        ffmpeg.output(
+            joined[0],
+            joined[1],
+            str(path),
+            vcodec="libx264",
+            pix_fmt="yuv420p",
+            preset="veryfast",
+            crf=18,
+            acodec="aac",
+        )
+        .global_args("-nostdin", "-v", "error")
+        .overwrite_output()
+        .run(cmd=ffmpeg_executable(), capture_stdout=True, capture_stderr=True)
+    )
+    return Path(path)

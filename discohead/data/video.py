@@ -71,7 +71,7 @@ TIMEOUT_PER_MEDIA_SECOND = 10.0
 UNBOUNDED_MEDIA_SECONDS = 600.0
 """:func:`ffmpeg_timeout` gives a run 60 s plus 10 s per second of media it may decode
 (ten times slower than real time covers a single-threaded decode of 4K HEVC); a run with
-no ``max_seconds`` is budgeted as a clip of the preprocessing job's default limit."""
+no ``max_seconds`` is budgeted as ten minutes of media."""
 
 
 def ffmpeg_executable() -> str:
