@@ -14,7 +14,9 @@ chain: variables, a profile or an instance role), never from a flag, and nothing
 ``--s3-server`` starts moto's S3-compatible server (``pip install 'moto[server]'``, in the dev
 extras) for development without AWS: in memory, gone when stopped. Both bind to 127.0.0.1 unless
 ``--host`` says otherwise (the cluster must reach MLflow: bind a private address, never a public
-one, and see infra/README.md). Each process is started in its own session; its pid is written to
+one, and see infra/README.md); MLflow on another address needs ``--basic-auth``, and the S3
+server never leaves 127.0.0.1, since it has no authentication. Each process is started in its
+own session; its pid is written to
 ``STATE/<name>.pid`` and ``stop`` ends exactly that process group, so other servers on the
 machine are never touched.
 """
@@ -51,13 +53,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--artifacts", metavar="s3://BUCKET/PREFIX", help="where MLflow keeps artifacts (for start)")
     parser.add_argument("--allowed-hosts", help="Host headers MLflow accepts when bound to another address")
+    parser.add_argument(
+        "--basic-auth",
+        action="store_true",
+        help="MLflow's basic-auth app (users and passwords; needs mlflow[auth] and MLFLOW_FLASK_SERVER_SECRET_KEY); "
+        "required with a --host other than 127.0.0.1",
+    )
     parser.add_argument("--s3-server", action="store_true", help="also start a local S3-compatible server (moto)")
     parser.add_argument("--s3-port", type=int, default=9000)
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for each server to answer")
     args = parser.parse_args(argv)
     if args.action == "start" and not args.artifacts:
         parser.error("start needs --artifacts s3://BUCKET/PREFIX (where MLflow keeps run artifacts)")
+    if args.action == "start" and not is_loopback(args.host):
+        # Nothing listens beyond this machine without authentication.
+        if args.s3_server:
+            parser.error(f"--s3-server has no authentication: it binds 127.0.0.1 only, not {args.host}")
+        if not args.basic_auth:
+            parser.error(f"--host {args.host} reaches MLflow from other machines: add --basic-auth (users, passwords)")
+        if not os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
+            parser.error("--basic-auth needs MLFLOW_FLASK_SERVER_SECRET_KEY in the environment (a long random string)")
     return args
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def binary(name: str) -> str:
@@ -166,6 +186,8 @@ def start_services(args: argparse.Namespace, state: Path) -> int:
     ]  # fmt: skip
     if args.allowed_hosts:
         command += ["--allowed-hosts", args.allowed_hosts]
+    if args.basic_auth:  # users log in; change the default admin password at once (infra/README.md)
+        command += ["--app-name", "basic-auth"]
     launch(state, "mlflow", command, env, f"{uri}/health", args.timeout)
     exports["MLFLOW_TRACKING_URI"] = uri
     print(f"[services] MLflow {uri} (runs in {backend.split('://')[0]}, artifacts proxied to {args.artifacts})")

@@ -226,3 +226,22 @@ def test_services_start_mlflow_with_artifacts_on_a_local_s3_and_stop_both_by_pid
     for pid in pids.values():
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert subprocess.run([*script, "status", *state], capture_output=True).returncode == 1
+
+
+def test_services_listen_beyond_this_machine_only_with_authentication(monkeypatch, capsys):
+    """MLflow off 127.0.0.1 needs its basic-auth app and a secret key; the S3 server never leaves 127.0.0.1."""
+    sys.path.insert(0, str(INFRA))
+    try:
+        import services
+    finally:
+        sys.path.remove(str(INFRA))
+    monkeypatch.delenv("MLFLOW_FLASK_SERVER_SECRET_KEY", raising=False)
+    start = ["start", "--artifacts", "s3://bucket/mlflow", "--host", "10.0.0.5"]
+    for extra, says in (([], "--basic-auth"), (["--basic-auth"], "MLFLOW_FLASK_SERVER_SECRET_KEY"),
+                        (["--basic-auth", "--s3-server"], "127.0.0.1 only")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            services.parse_args(start + extra)
+        assert says in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "a-long-random-string")
+    assert services.parse_args([*start, "--basic-auth"]).basic_auth
+    assert not services.parse_args(["start", "--artifacts", "s3://bucket/mlflow"]).basic_auth  # 127.0.0.1: as before
