@@ -267,6 +267,13 @@ class ClipConfig:
         default=0.2,
         metadata={"help": "skip a segment whose landmarks jump more than this fraction of the face size (jittery)"},
     )
+    max_identity_distance: float = dataclasses.field(
+        default=0.6,
+        metadata={
+            "help": "skip a segment whose faces' dlib identity embeddings (first, middle, last frame) differ by more "
+            "than this; dlib's same-person threshold is 0.6 (identity_change)"
+        },
+    )
     min_audio_dbfs: float = dataclasses.field(
         default=-45.0, metadata={"help": "skip a segment whose audio RMS is below this (quiet_audio)"}
     )
@@ -323,6 +330,7 @@ class ClipConfig:
         check_range("--min-face-size", self.min_face_size, 0, 16_384)
         check_range("--min-sharpness", self.min_sharpness, 0)
         check_range("--max-jitter", self.max_jitter, 0)
+        check_range("--max-identity-distance", self.max_identity_distance, 0)
         check_range("--min-audio-dbfs", self.min_audio_dbfs, -240, 0)
         check_range("--max-clipping", self.max_clipping, 0, 1)
         check_range("--av-confidence", self.av_confidence, -1, 1)

@@ -14,7 +14,16 @@ from discohead.data.landmarks import load_landmark_backend
 from discohead.data.synthetic import SyntheticClip, write_synthetic_video
 from discohead.data.video import ffmpeg_executable
 
-MEASURES = {"face_size", "jitter", "audio_dbfs", "clipping", "av_offset", "av_confidence", "sharpness"}
+MEASURES = {
+    "face_size",
+    "jitter",
+    "audio_dbfs",
+    "clipping",
+    "av_offset",
+    "av_confidence",
+    "sharpness",
+    "identity_distance",
+}
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +104,23 @@ def test_real_grid_clips_pass_the_default_gates(shared_data, backend):
     assert record.status == "ok", record.detail
     assert 150 < record.measures["face_size"] < 260 and 50 < record.measures["sharpness"] < 300
     assert record.measures["jitter"] < 0.05 and -30 < record.measures["audio_dbfs"] < -5
+
+
+def test_identity_distance_separates_two_speakers_and_keeps_one(shared_data, backend):
+    """dlib's embeddings of GRID crops: one speaker's frames stay under 0.6, another speaker's go over it."""
+    from discohead.data.crop import crop_and_resize, crop_boxes
+    from discohead.data.video import iter_video_frames
+
+    def crops(name: str) -> np.ndarray:
+        frames = list(iter_video_frames(shared_data / "grid" / name, 25, 360, 288))[:50:10]
+        faces = [max(backend.faces(frame), key=lambda face: face.area).landmarks for frame in frames]
+        boxes = crop_boxes(np.stack(faces), 360, 288, 0.0)
+        return np.stack([crop_and_resize(frame, box, 128) for frame, box in zip(frames, boxes)])
+
+    one, other = crops("bbaf2n.mpg"), crops("lbax4n.mpg")
+    assert curation.identity_distance(one) < 0.6
+    assert curation.identity_distance(np.concatenate([one[:3], other[:2]])) > 0.6
+    assert curation.identity_distance(np.stack([one[0]] * 3)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_dataset_stats_sit_next_to_the_manifest_and_go_with_overwrite(tmp_path):

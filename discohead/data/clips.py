@@ -50,6 +50,7 @@ SKIP_REASONS = {
     "quiet_audio": "the segment's audio is below --min-audio-dbfs (no audible speech)",
     "clipped_audio": "more than --max-clipping of the segment's audio samples are at full scale",
     "blurry": "the face crops' variance of the Laplacian is below --min-sharpness",
+    "identity_change": "the tracked face changes person within the segment (--max-identity-distance)",
     "av_offset": "the audio is confidently (--av-confidence) more than --max-av-shift frames out of sync",
     "not_found": "an --input (or a listed path) names no existing file",
     "unreadable_input": "the input (or an entry of a list file) could not be read or fetched from storage",
@@ -431,7 +432,19 @@ def _process(
                 yield _skip(rest, reason, detail)
             return
         crops, crop_landmarks, sharpness = cropped
-        if _gate(record, [("sharpness", sharpness, config.min_sharpness, True, "blurry", "--min-sharpness")]):
+        identity = curation.identity_distance(crops)
+        late_gates: list[Gate] = [
+            ("sharpness", sharpness, config.min_sharpness, True, "blurry", "--min-sharpness"),
+            (
+                "identity_distance",
+                identity,
+                config.max_identity_distance,
+                False,
+                "identity_change",
+                "--max-identity-distance",
+            ),
+        ]
+        if _gate(record, late_gates):
             yield ClipResult(record)
             continue
         synced = sync.shift_audio(waveform, shift, samples_per_frame(config)) if shift else waveform
