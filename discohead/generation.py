@@ -44,7 +44,16 @@ from .audio import frame_windows, log_mel_spectrogram
 from .contracts import ClipConfig, eye_box_from_landmarks, mask_to_eye_region
 from .data.crop import crop_and_resize, crop_boxes, fill_missing, landmarks_to_crop
 from .data.landmarks import BackendUnavailable, LandmarkBackend, load_landmark_backend, track_largest_face
-from .data.video import MediaError, ffmpeg_executable, iter_video_frames, probe, probe_and_decode_audio, scaled_size
+from .data.video import (
+    H264,
+    MediaError,
+    drain,
+    ffmpeg_executable,
+    iter_video_frames,
+    probe,
+    probe_and_decode_audio,
+    scaled_size,
+)
 from .errors import UsageError
 from .model import DisCoHead
 
@@ -323,11 +332,6 @@ def back_and_forth(frames: np.ndarray, length: int) -> np.ndarray:
 # --- output ------------------------------------------------------------------------------
 
 
-def _drain(stream, sink: list[bytes]) -> None:
-    for chunk in iter(lambda: stream.read(65536), b""):
-        sink.append(chunk)
-
-
 class Mp4Writer:
     """Frames piped to ffmpeg as they come: H.264 yuv420p at ``fps``, the audio muxed in, cut to ``seconds``.
 
@@ -345,10 +349,7 @@ class Mp4Writer:
             sound,
             str(self.partial),
             format="mp4",
-            vcodec="libx264",
-            pix_fmt="yuv420p",
-            preset="veryfast",
-            crf=18,
+            **H264,
             acodec="aac",
             audio_bitrate="128k",
             t=f"{seconds:.6f}",
@@ -358,7 +359,7 @@ class Mp4Writer:
             cmd=ffmpeg_executable(), pipe_stdin=True, pipe_stderr=True
         )
         self.errors: list[bytes] = []
-        self.drainer = threading.Thread(target=_drain, args=(self.process.stderr, self.errors), daemon=True)
+        self.drainer = threading.Thread(target=drain, args=(self.process.stderr, self.errors), daemon=True)
         self.drainer.start()
         self.frames = 0
 

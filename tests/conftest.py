@@ -49,6 +49,18 @@ def wait_until(check, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} did not come up within {timeout:.0f}s")
 
 
+def wait_for_job_agent(binary: str, dashboard: str, env: dict[str, str]) -> None:
+    """Until a trivial job is accepted: the dashboard answers before its job agent has registered."""
+
+    def accepts_jobs() -> bool:
+        probe = subprocess.run(
+            [binary, "job", "submit", "--address", dashboard, "--", "true"], env=env, capture_output=True, timeout=120
+        )
+        return probe.returncode == 0
+
+    wait_until(accepts_jobs, 180, "ray job agent")
+
+
 def stop_process_group(process: subprocess.Popen, grace: float = 20.0) -> None:
     """Stop a process we started in its own session, and its children, by its pid."""
     if process.poll() is not None:
@@ -225,18 +237,7 @@ def ray_head(tmp_path_factory, s3_server: S3Server) -> Iterator[RayHead]:
         if process.poll() is not None:
             raise RuntimeError(f"ray start exited with {process.returncode}; see {home / 'ray-head.log'}")
         client_env = repo_env(**auth_env)
-
-        def accepts_jobs() -> bool:
-            # The dashboard answers before its job agent has registered ("No available agent").
-            probe = subprocess.run(
-                [binary, "job", "submit", "--address", dashboard, "--", "true"],
-                env=client_env,
-                capture_output=True,
-                timeout=120,
-            )
-            return probe.returncode == 0
-
-        wait_until(accepts_jobs, 180, "ray job agent")
+        wait_for_job_agent(binary, dashboard, client_env)
         yield RayHead(dashboard, client_env)
     finally:
         stop_process_group(process, grace=10)
@@ -330,17 +331,7 @@ def ray_two_nodes(tmp_path_factory, s3_server: S3Server) -> Iterator[RayNodes]:
                 raise RuntimeError(f"ray start ({name}) exited with {processes[-1].returncode}; see {logs[-1].name}")
         client_env = repo_env(**auth_env)
         client_env.pop("RAY_ADDRESS", None)
-
-        def accepts_jobs() -> bool:
-            probe = subprocess.run(
-                [binary, "job", "submit", "--address", dashboard, "--", "true"],
-                env=client_env,
-                capture_output=True,
-                timeout=120,
-            )
-            return probe.returncode == 0
-
-        wait_until(accepts_jobs, 180, "ray job agent")
+        wait_for_job_agent(binary, dashboard, client_env)
         yield RayNodes(dashboard, f"127.0.0.1:{port}", client_env, node_env, token, nodes)
     finally:
         for process in reversed(processes):  # the second node first, then the head

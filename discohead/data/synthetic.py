@@ -20,7 +20,7 @@ import ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .video import ffmpeg_executable
+from .video import H264, ffmpeg_executable
 
 FACE_HEIGHT = 90
 """Drawn face height in pixels: large enough for dlib's detector at its native scale."""
@@ -190,10 +190,7 @@ def write_synthetic_video(path: str | Path, clip: SyntheticClip = SyntheticClip(
             ffmpeg.output(
                 *streams,
                 str(path),
-                vcodec="libx264",
-                pix_fmt="yuv420p",
-                preset="veryfast",
-                crf=18,
+                **H264,
                 movflags="+faststart",
                 **audio_options,
             )
@@ -225,10 +222,7 @@ def join_videos(parts: list[Path], path: str | Path) -> Path:
             joined[0],
             joined[1],
             str(path),
-            vcodec="libx264",
-            pix_fmt="yuv420p",
-            preset="veryfast",
-            crf=18,
+            **H264,
             acodec="aac",
         )
         .global_args("-nostdin", "-v", "error")

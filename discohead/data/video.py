@@ -74,6 +74,10 @@ UNBOUNDED_MEDIA_SECONDS = 600.0
 no ``max_seconds`` is budgeted as ten minutes of media."""
 
 
+H264 = {"vcodec": "libx264", "pix_fmt": "yuv420p", "preset": "veryfast", "crf": 18}
+"""ffmpeg output options of every H.264 video the project writes (players everywhere read yuv420p)."""
+
+
 def ffmpeg_executable() -> str:
     """Path of the ffmpeg binary bundled with imageio-ffmpeg."""
     return imageio_ffmpeg.get_ffmpeg_exe()
@@ -225,7 +229,8 @@ def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
-def _drain(stream, sink: list[bytes]) -> None:
+def drain(stream, sink: list[bytes]) -> None:
+    """Read a pipe to its end into ``sink`` (in a thread), so ffmpeg never blocks on a full stderr."""
     for chunk in iter(lambda: stream.read(65536), b""):
         sink.append(chunk)
 
@@ -268,7 +273,7 @@ def iter_video_frames(
         .run_async(cmd=ffmpeg_executable(), pipe_stdout=True, pipe_stderr=True)
     )
     errors: list[bytes] = []
-    drainer = threading.Thread(target=_drain, args=(process.stderr, errors), daemon=True)
+    drainer = threading.Thread(target=drain, args=(process.stderr, errors), daemon=True)
     drainer.start()
     frame_bytes = width * height * 3
     produced = 0
