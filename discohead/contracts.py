@@ -250,8 +250,11 @@ class ClipConfig:
         default=4 * 3600.0, metadata={"help": "skip longer input files as too_long (bounds decoding time)"}
     )
     shot_threshold: float = dataclasses.field(
-        default=20.0,
-        metadata={"help": "PySceneDetect content-detector threshold for shot cuts (0: no cut detection)"},
+        default=8.0,
+        metadata={
+            "help": "a shot cut is a frame change this many times the change of the frames around it "
+            "(PySceneDetect's AdaptiveDetector; 0: no cut detection)"
+        },
     )
     min_face_size: float = dataclasses.field(
         default=64.0,
@@ -267,11 +270,27 @@ class ClipConfig:
         default=0.2,
         metadata={"help": "skip a segment whose landmarks jump more than this fraction of the face size (jittery)"},
     )
+    max_yaw: float = dataclasses.field(
+        default=45.0,
+        metadata={
+            "help": "skip a segment whose head turns further left or right than this many degrees from facing the "
+            "camera (head_pose; real talking-head samples reach 21)"
+        },
+    )
+    max_pitch: float = dataclasses.field(
+        default=30.0,
+        metadata={
+            "help": "skip a segment whose head tilts further up or down than this many degrees from facing the camera "
+            "(head_pose; real talking-head samples reach 23)"
+        },
+    )
     max_identity_distance: float = dataclasses.field(
         default=0.6,
         metadata={
-            "help": "skip a segment whose faces' dlib identity embeddings (first, middle, last frame) differ by more "
-            "than this; dlib's same-person threshold is 0.6 (identity_change)"
+            "help": "split a segment where the dlib identity embeddings of its faces (one every 2 s, and the last "
+            "frame) differ by more than this, dropping the frames between the two; dlib's same-person threshold "
+            "is 0.6 (a part too short to store is skipped as identity_change); 0: not checked, which saves dlib's "
+            "embeddings, about a third of the work on short segments"
         },
     )
     min_audio_dbfs: float = dataclasses.field(
@@ -282,8 +301,30 @@ class ClipConfig:
         metadata={"help": "skip a segment with more than this fraction of clipped samples (clipped_audio)"},
     )
     av_confidence: float = dataclasses.field(
-        default=0.8,
-        metadata={"help": "trust an audio-visual offset estimate (lip opening vs loudness) correlating at least this"},
+        default=0.4,
+        metadata={
+            "help": "trust an audio-visual offset estimate (lip opening vs loudness) correlating at least this "
+            "(real speech in sync measures 0.42-0.66, unrelated sound at most 0.31: docs/preprocessing.md)"
+        },
+    )
+    av_method: str = dataclasses.field(
+        default="lips",
+        metadata={
+            "choices": ("lips", "syncnet"),
+            "help": "how the audio-visual offset is estimated: lips (lip opening vs loudness, no weights) or syncnet "
+            "(needs --syncnet-weights; its confidence is judged against --syncnet-confidence)",
+        },
+    )
+    syncnet_confidence: float = dataclasses.field(
+        default=3.0,
+        metadata={"help": "with --av-method syncnet: trust its offset at this LSE-C or more (LatentSync's threshold)"},
+    )
+    av_margin: float = dataclasses.field(
+        default=0.03,
+        metadata={
+            "help": "with --av-method lips: trust an offset only when its correlation beats every lag more than 2 "
+            "frames away by at least this (two near-equal peaks: the offset is not known)"
+        },
     )
     max_av_shift: int = dataclasses.field(
         default=3,
@@ -330,11 +371,15 @@ class ClipConfig:
         check_range("--min-face-size", self.min_face_size, 0, 16_384)
         check_range("--min-sharpness", self.min_sharpness, 0)
         check_range("--max-jitter", self.max_jitter, 0)
+        check_range("--max-yaw", self.max_yaw, 0, 180)
+        check_range("--max-pitch", self.max_pitch, 0, 90)
         check_range("--max-identity-distance", self.max_identity_distance, 0)
         check_range("--min-audio-dbfs", self.min_audio_dbfs, -240, 0)
         check_range("--max-clipping", self.max_clipping, 0, 1)
         check_range("--av-confidence", self.av_confidence, -1, 1)
+        check_range("--av-margin", self.av_margin, 0, 2)
         check_range("--max-av-shift", self.max_av_shift, 0, 15)
+        check_range("--syncnet-confidence", self.syncnet_confidence, 0, None)
         check_range("--smoothing-sigma", self.smoothing_sigma, 0, 1000)
         check_range("--crop-scale", self.crop_scale, 0, 10, above=True)
         check_range("--crop-lift", self.crop_lift, -0.5, 0.5)

@@ -32,7 +32,9 @@ class ClipRecord:
 
     A video cut into segments has one record per segment, all with the video's
     ``source_id`` and ``parts`` (how many records the video makes, so a resumed job knows
-    whether all of them were committed); ``start`` and ``end`` are the seconds of the
+    whether all of them were committed; a segment split where its face changes person adds
+    parts, and records written before the split carry the count known then: the largest
+    counts); ``start`` and ``end`` are the seconds of the
     source the segment covers (its stored frames, when stored), ``shot`` the shot it is in.
     ``measures`` holds the quality gates' values (``discohead.data.curation``), also for a
     segment a gate skipped, so thresholds can be chosen again from the manifest alone.
@@ -106,6 +108,9 @@ class Manifest:
     synthetic: bool = False
     created: str = ""
     format_version: int = SHARD_FORMAT_VERSION
+    view_of: str = ""
+    """Set on a view (``discohead refilter``): the DEST whose shards it reads, keeping only its own clips'
+    samples. Empty for a preprocessed DEST, whose shards lie beside its manifest."""
 
     # --- what readers need -------------------------------------------------------
 
@@ -142,11 +147,20 @@ class Manifest:
     def chunks(self, split: str) -> int:
         return self.totals.chunks.get(split, 0)
 
+    def shard_root(self, dest: str) -> str:
+        """Where this manifest's shards are: beside it at ``dest``, or in the DEST a view was made from."""
+        return (self.view_of or dest).rstrip("/")
+
+    @property
+    def clip_filter(self) -> frozenset[str] | None:
+        """The clip ids whose samples count, for a view (its shards also hold clips it dropped); else None."""
+        return frozenset(clip.clip_id for clip in self.clips if clip.clip_id) if self.view_of else None
+
     def shard_urls(self, dest: str, split: str) -> list[str]:
-        """Full URLs (or paths) of one split's shards under ``dest``."""
+        """Full URLs (or paths) of one split's shards of the manifest at ``dest``."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        return [f"{dest.rstrip('/')}/{shard}" for shard in self.shards.get(split, [])]
+        return [f"{self.shard_root(dest)}/{shard}" for shard in self.shards.get(split, [])]
 
     # --- writing -------------------------------------------------------------------
 
@@ -193,6 +207,7 @@ class Manifest:
             "clips": [clip.to_json() for clip in self.clips],
             "skipped": [clip.to_json() for clip in self.skipped],
             "totals": dataclasses.asdict(self.totals),
+            **({"view_of": self.view_of} if self.view_of else {}),
         }
 
     def write(self, dest: str, storage_options: dict[str, Any] | None = None) -> None:
@@ -229,6 +244,7 @@ class Manifest:
             synthetic=synthetic,
             created=values.get("created", ""),
             format_version=version,
+            view_of=values.get("view_of", ""),
         )
 
     @classmethod

@@ -168,14 +168,17 @@ class Launch:
         return False
 
 
-def ending(error: BaseException) -> tuple[str, str]:
-    """The MLflow status and the one-line reason for a launch ended by ``error``."""
+TRAIN_RESUME = "--resume continues the run from its last checkpoint"
+
+
+def ending(error: BaseException, resume: str = TRAIN_RESUME) -> tuple[str, str]:
+    """The MLflow status and the one-line reason for a launch ended by ``error`` (stopped: how to ``resume``)."""
     error = getattr(error, "cause", None) or error  # a Ray task's error: the one its code raised
     if isinstance(error, (KeyboardInterrupt, SystemExit)):
         code = "SIGINT" if isinstance(error, KeyboardInterrupt) else getattr(error, "code", None)
         name = {2: "SIGINT", 15: "SIGTERM", 130: "SIGINT", 143: "SIGTERM"}.get(code, code)
         how = {"SIGTERM": "SIGTERM, e.g. ray job stop", "SIGINT": "SIGINT (Ctrl-C)"}.get(name, f"exit {name}")
-        return "KILLED", f"stopped by {how}: --resume continues the run from its last checkpoint"
+        return "KILLED", f"stopped by {how}: {resume}"
     lines = str(error).strip().splitlines()
     return "FAILED", f"{type(error).__name__}: {lines[0] if lines else ''}"
 
@@ -495,3 +498,112 @@ def log_evaluation(
     log_values(client, run_id, metrics=metrics, tags=tags)
     if grid is not None:
         client.log_image(run_id, grid, key=f"eval/{split}/samples", step=0)
+
+
+# --- a preprocessing job's run ---------------------------------------------------------
+
+DATA_RUN_TAG = "discohead.preprocess_run"
+"""On a preprocessing job's MLflow run: the job's run id (the prefix of the commit records it wrote)."""
+
+
+def requested_tracking_uri(given: str | None = None) -> str | None:
+    """``given``, else MLFLOW_TRACKING_URI, else None: for a job that logs only when asked (preprocessing),
+    unlike :func:`tracking_uri`'s local default."""
+    return given or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` part, for what a run records and what a job prints."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url)
+
+
+def flat_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as MLflow params: ``{"mel": {"n_mels": 80}}`` becomes ``{"mel.n_mels": 80}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def flat_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of nested values as MLflow metrics, keys joined by ``/`` (the UI groups on it); the rest dropped."""
+    flat: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_metrics(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+STATS_METRICS = ("videos", "hours_decoded", "hours_kept", "segments_kept", "segments_skipped")
+
+
+def data_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
+    """A preprocessing job's MLflow metrics from its ``stats.json``: the totals, ``skipped_<reason>`` per skip
+    reason and ``throughput/<stage>/<figure>``; the measures' quantiles stay in the artifact."""
+    metrics = {key: float(stats[key]) for key in STATS_METRICS if key in stats}
+    metrics |= {f"skipped_{reason}": float(count) for reason, count in stats.get("skipped_by_reason", {}).items()}
+    return metrics | flat_metrics(stats.get("throughput", {}), "throughput/")
+
+
+class DataRun:
+    """The MLflow run of one preprocessing job; without a tracking URI, nothing (MLflow is not imported).
+
+    :meth:`start` creates it once the job knows its settings (a job refused before that leaves no
+    run) and logs them as params; :meth:`finish` logs the dataset statistics as metrics and the
+    files given (``stats.json``, ``stats.png``) as artifacts, and ends it. Used as a context
+    manager, an error, Ctrl-C or SIGTERM in between ends the run FAILED or KILLED with the reason
+    (:data:`FAILURE_TAG`), as a training launch's runs end.
+    """
+
+    def __init__(self, uri: str | None, experiment: str):
+        self.uri, self.experiment = uri or None, experiment
+        self.run_id: str | None = None
+        self.ended = False
+
+    def _client(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)
+
+    def start(self, name: str, params: Mapping[str, Any]) -> str | None:
+        """Create the run ``preprocess-NAME`` in the experiment; returns its id (None without a tracking URI)."""
+        if not self.uri:
+            return None
+        client = self._client()
+        experiment = experiment_id(client, self.experiment, self.uri)
+        tags = {DATA_RUN_TAG: name}
+        self.run_id = client.create_run(experiment, run_name=f"preprocess-{name}", tags=tags).info.run_id
+        log_values(client, self.run_id, params={**params, "code_version": code_version()})
+        return self.run_id
+
+    def finish(self, stats: Mapping[str, Any], files: Mapping[str, bytes], failure: str = "") -> None:
+        """Log :func:`data_metrics` of ``stats`` and ``files`` (name -> bytes, at the artifacts' root); end
+        FINISHED, or FAILED with ``failure`` as the reason."""
+        if self.run_id is None:
+            return
+        client = self._client()
+        tags = {FAILURE_TAG: failure[:5000]} if failure else {}
+        log_values(client, self.run_id, metrics=data_metrics(stats), tags=tags)
+        with tempfile.TemporaryDirectory(prefix="discohead-stats-") as folder:
+            for name, data in files.items():
+                (Path(folder) / name).write_bytes(data)
+            client.log_artifacts(self.run_id, folder)
+        client.set_terminated(self.run_id, "FAILED" if failure else "FINISHED")
+        self.ended = True
+
+    def __enter__(self) -> DataRun:
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> bool:
+        if error is not None and self.run_id is not None and not self.ended:
+            status, reason = ending(error, resume="the same command again resumes the job")
+            client = self._client()
+            log_values(client, self.run_id, tags={FAILURE_TAG: reason[:5000]})
+            client.set_terminated(self.run_id, status)
+            self.ended = True
+        return False

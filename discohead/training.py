@@ -59,8 +59,9 @@ def shard_rows(manifest: Manifest, dest: str) -> list[dict[str, Any]]:
     for clip in manifest.clips:
         for shard in clip.shards:
             samples[shard] = samples.get(shard, 0) + clip.chunks.get(shard.split("/", 1)[0], 0)
+    root = manifest.shard_root(dest)
     return [
-        {"path": f"{dest.rstrip('/')}/{shard}", "shard": shard, "samples": samples.get(shard, 0)}
+        {"path": f"{root}/{shard}", "shard": shard, "samples": samples.get(shard, 0)}
         for shard in manifest.shards.get("train", [])
     ]
 
@@ -97,6 +98,7 @@ def training_chunks(
     storage_options: dict[str, Any] | None = None,
     sources_per_chunk: int = 0,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    keep_clips: frozenset[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The chunks of the shard at ``row["path"]`` with the columns training uses.
 
@@ -112,7 +114,8 @@ def training_chunks(
     task: Ray Train would restart the workers on the same shard until ``--max-failures`` is
     used up. For a row of :func:`shard_rows` the skipped samples (with those the manifest
     lists but the tar no longer holds) are counted in the :data:`ACCOUNT_KEYS` columns, and
-    :func:`fit` decides whether the run may go on.
+    :func:`fit` decides whether the run may go on. ``keep_clips`` (a view's
+    :attr:`~discohead.manifest.Manifest.clip_filter`) keeps only those clips' samples.
     """
     fs, path = filesystem_for(row["path"], storage_options)
     chunks, clips, bad, reason = [], {}, 0, ""
@@ -120,6 +123,8 @@ def training_chunks(
         for sample in iter_shard(fs, path):
             try:
                 decoded = decode_sample(sample)
+                if keep_clips is not None and decoded["meta"].get("clip_id") not in keep_clips:
+                    continue
                 chunk = {name: decoded[name] for name in ("frames", "mel", "eye_boxes")}
                 check_chunk(chunk, shapes)
             except _SAMPLE_ERRORS as error:
@@ -162,9 +167,9 @@ def fixed_pairs(
     Unreadable samples and shards are passed over, as in training, so that one of them does
     not stop the job on the driver.
     """
-    fs, root = filesystem_for(dest, storage_options)
+    fs, root = filesystem_for(manifest.shard_root(dest), storage_options)
     chunks: list[dict[str, Any]] = []
-    first_error, shapes = "", chunk_shapes(manifest)
+    first_error, shapes, keep = "", chunk_shapes(manifest), manifest.clip_filter
     for shard in manifest.shards["test" if manifest.shards["test"] else "train"]:
         try:
             for sample in iter_shard(fs, f"{root}/{shard}"):
@@ -174,7 +179,8 @@ def fixed_pairs(
                 except _SAMPLE_ERRORS as error:
                     first_error = first_error or f"{type(error).__name__}: {error}"
                     continue
-                chunks.append(decoded)
+                if keep is None or decoded["meta"].get("clip_id") in keep:
+                    chunks.append(decoded)
                 if len(chunks) * 2 >= count:
                     break
         except _SAMPLE_ERRORS as error:

@@ -31,14 +31,17 @@ from ray.data.block import BlockAccessor
 from discohead import flags
 from discohead.contracts import MANIFEST_NAME, SPLITS, STATS_NAME, ClipConfig
 from discohead.data.clips import SKIP_REASONS, assign_clip_splits, clip_id_for, process_video, resume_state
-from discohead.data.curation import write_stats
+from discohead.data.curation import STATS_PLOT_NAME, stats_files, write_stats
 from discohead.data.landmarks import BackendUnavailable, load_landmark_backend
 from discohead.data.lock import DestLock
 from discohead.data.shards import ShardWriterTask, load_commits, remove_outputs
 from discohead.data.sources import fetch_to_local, is_url, list_sources
 from discohead.data.video import MediaError, ffmpeg_timeout
 from discohead.manifest import ClipRecord, Manifest, ShardFormatError, config_hash, settings_json
+from discohead.metric_networks import SYNCNET, syncnet_metric
+from discohead.pretrained import PretrainedWeightsUnavailable
 from discohead.storage import filesystem_for, s3_options
+from discohead.tracking import DataRun, flat_params, requested_tracking_uri, without_credentials
 from pipelines.cli import UsageError, run_job
 
 
@@ -79,6 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-seconds; not a shard setting, so changing it does not invalidate DEST)",
     )
     parser.add_argument(
+        "--syncnet-weights",
+        default=None,
+        metavar="PATH",
+        help="syncnet_v2.model for --av-method syncnet (default: DISCOHEAD_SYNCNET_WEIGHTS, else the torch hub "
+        "cache); on a cluster the path must exist on every node",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="delete what earlier runs wrote to DEST (the files its manifest and commits list) and redo every clip",
@@ -93,6 +103,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Ray cluster to join (default: RAY_ADDRESS, set by `ray job submit`; else a new local Ray)",
     )
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI to log the run's settings, dataset statistics and stats.json/stats.png to "
+        "(default: MLFLOW_TRACKING_URI; with neither, nothing is logged)",
+    )
+    parser.add_argument(
+        "--experiment",
+        default="discohead-preprocess",
+        help="MLflow experiment of that run (default: discohead-preprocess)",
+    )
     flags.add_flags(parser.add_argument_group("shard settings (recorded in the manifest)"), ClipConfig)
     args = parser.parse_args(argv)
     try:
@@ -101,6 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(error))
     if args.ffmpeg_timeout is not None and not args.ffmpeg_timeout > 0:
         parser.error(f"--ffmpeg-timeout must be positive, not {args.ffmpeg_timeout:g}")
+    if args.config.av_method == "syncnet":  # a missing or wrong file is refused here, not in every worker
+        try:
+            args.syncnet_weights = str(SYNCNET.locate(args.syncnet_weights))
+        except PretrainedWeightsUnavailable as error:
+            parser.error(str(error))
     try:  # out-of-range values stop here, not in the workers
         flags.check_range("--shard-size-mb", args.shard_size_mb, 0, 1 << 20, above=True)
         flags.check_range("--workers", args.workers, 1)
@@ -166,11 +192,13 @@ class ClipProcessor:
         config: ClipConfig,
         storage_options: dict[str, Any],
         ffmpeg_timeout_s: float | None = None,
+        syncnet_weights: str | None = None,
     ):
         import torch
 
         torch.set_num_threads(1)
         self.backend, _ = load_landmark_backend(backend_name)
+        self.syncnet = syncnet_metric(syncnet_weights) if config.av_method == "syncnet" else None
         self.config = config
         self.storage_options = storage_options
         self.ffmpeg_timeout_s = ffmpeg_timeout_s
@@ -193,6 +221,7 @@ class ClipProcessor:
                     row["split"] or None,
                     ffmpeg_timeout_s=self.ffmpeg_timeout_s,
                     done=set(row["done"]),
+                    syncnet=self.syncnet,
                 )
                 for result in results:
                     yield self.row(result.record, result.samples, started_at, started)
@@ -235,18 +264,28 @@ class ShardDatasink(Datasink):
         return self.target_bytes
 
     def write(self, blocks, ctx) -> str:
-        """Write this task's clips; returns the commit name (the driver rereads all commits).
+        """Write this task's clips; returns, as JSON, the commit name and the task's seconds, segments and
+        stored frames (the driver rereads all commits; the rest is the stage's throughput).
 
         The writer's staging folder is removed if anything fails (a local temporary folder
         for object storage, which no later run would clean).
         """
+        started, segments, frames = time.perf_counter(), 0, 0
         with ShardWriterTask(
             self.dest, self.storage_options, f"{self.run_id}-{ctx.task_idx:05d}", self.target_bytes
         ) as writer:
             for block in blocks:
                 for row in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
-                    writer.add_clip(ClipRecord(**json.loads(row["record"])), pickle.loads(row["payload"]))
-            return writer.commit(extra={"config_hash": self.config_hash})["name"]
+                    record = ClipRecord(**json.loads(row["record"]))
+                    writer.add_clip(record, pickle.loads(row["payload"]))
+                    segments, frames = segments + 1, frames + record.frames * record.stored
+            name = writer.commit(extra={"config_hash": self.config_hash})["name"]
+        seconds = round(time.perf_counter() - started, 3)
+        return json.dumps({"name": name, "seconds": seconds, "segments": segments, "frames": frames})
+
+    def on_write_complete(self, write_result) -> None:
+        """On the driver, once every write task is done: their returns, for :func:`stage_throughput`."""
+        self.results = [json.loads(value) for value in write_result.write_returns if value]
 
 
 # --- driver ------------------------------------------------------------------------
@@ -305,6 +344,53 @@ def print_summary(
     print(f"  wall time       {wall_seconds:.1f}s including Ray start-up and listing")
 
 
+def stage_throughput(
+    listing_seconds: float,
+    files: int,
+    this_run: list[dict[str, Any]],
+    writes: list[dict[str, Any]],
+    process_seconds: float,
+    wall_seconds: float,
+    workers: int,
+) -> dict[str, Any]:
+    """This run's time and frames per stage, ``throughput`` in stats.json (clips resumed from earlier runs are
+    not in it, unlike the rest of the stats).
+
+    A stage's worker seconds are summed over its tasks (a stage busy on 4 workers for 10 s of wall time
+    shows about 40), and its frames per second are per worker second: they compare across cluster sizes.
+    ``process_videos`` is stages 2-7 (fetch, decode, landmarks, cuts, gates, crops, encoding; each
+    segment record's ``seconds``), ``write_shards`` the Datasink's tasks (packing and publishing tars).
+    """
+
+    def rate(frames: float, seconds: float) -> float:
+        return round(frames / seconds, 2) if seconds > 0 else 0.0
+
+    process = sum(clip.get("seconds", 0.0) for clip in this_run)
+    decoded = sum(clip.get("decoded_frames", 0) for clip in this_run)
+    write, stored = sum(task["seconds"] for task in writes), sum(task["frames"] for task in writes)
+    return {
+        "list_inputs": {"wall_seconds": round(listing_seconds, 3), "files": files},
+        "process_videos": {
+            "worker_seconds": round(process, 3),
+            "segments": len(this_run),
+            "decoded_frames": decoded,
+            "frames_per_second": rate(decoded, process),
+        },
+        "write_shards": {
+            "worker_seconds": round(write, 3),
+            "tasks": len(writes),
+            "stored_frames": stored,
+            "frames_per_second": rate(stored, write),
+        },
+        "job": {
+            "wall_seconds": round(wall_seconds, 3),
+            "process_wall_seconds": round(process_seconds, 3),
+            "workers": workers,
+            "decoded_frames_per_second": rate(decoded, process_seconds),
+        },
+    }
+
+
 def read_commits(fs, root: str) -> list[dict[str, Any]]:
     """The complete commits under DEST (repairing what a crash left); a damaged one is a one-line error."""
     try:
@@ -317,11 +403,13 @@ def run(args: argparse.Namespace) -> int:
     """The job, holding DEST's lock throughout: a second job writing DEST is refused in one line."""
     storage_options = storage_options_from(args)
     fs, root = filesystem_for(args.output, options_for(args.output, storage_options))
-    with DestLock(fs, root, args.output, break_stale=args.break_lock) as lock:
-        return write_dest(args, lock)
+    tracking = DataRun(requested_tracking_uri(args.tracking_uri), args.experiment)
+    with DestLock(fs, root, args.output, break_stale=args.break_lock) as lock, tracking:
+        return write_dest(args, lock, tracking)
 
 
-def write_dest(args: argparse.Namespace, lock: DestLock) -> int:
+def write_dest(args: argparse.Namespace, lock: DestLock, tracking: DataRun) -> int:
+    """The job's work; ``tracking`` (MLflow, when a tracking URI is set) gets a run once the settings are known."""
     started = time.time()
     config: ClipConfig = args.config
     storage_options = storage_options_from(args)
@@ -344,7 +432,19 @@ def write_dest(args: argparse.Namespace, lock: DestLock) -> int:
             "another --output"
         )
 
+    run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    params = {
+        **flat_params(settings_json(config, backend_name)),
+        "data_config_hash": digest,
+        "output": without_credentials(args.output),
+        "inputs": ", ".join(without_credentials(spec) for spec in args.input)[:5000],
+    }
+    if tracking.start(run_id, params):
+        where = f"experiment {args.experiment!r} at {without_credentials(tracking.uri or '')}"
+        print(f"[preprocess] MLflow run {tracking.run_id} ({where})")
+    listing_started = time.perf_counter()
     sources, listing_skips = list_inputs(args.input, storage_options)
+    listing_seconds = time.perf_counter() - listing_started
     clip_ids = {source: clip_id_for(source) for source in sources}
     splits = (
         assign_clip_splits(sorted(clip_ids.values()), config.train_ratio, config.seed)
@@ -367,9 +467,10 @@ def write_dest(args: argparse.Namespace, lock: DestLock) -> int:
         f"on {cpus:g} CPUs"
     )
 
-    run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
     workers = args.workers or max(1, int(cpus))
     processed_frames, decoded_frames, process_seconds = 0, 0, 0.0
+    this_run: list[dict[str, Any]] = []
+    writes: list[dict[str, Any]] = []
     if todo:
         process_started = time.perf_counter()
         dataset = ray.data.from_items(todo, override_num_blocks=len(todo)).flat_map(
@@ -379,6 +480,7 @@ def write_dest(args: argparse.Namespace, lock: DestLock) -> int:
                 "config": config,
                 "storage_options": storage_options,
                 "ffmpeg_timeout_s": args.ffmpeg_timeout,
+                "syncnet_weights": args.syncnet_weights,
             },
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1,
@@ -386,6 +488,7 @@ def write_dest(args: argparse.Namespace, lock: DestLock) -> int:
         sink = ShardDatasink(args.output, dest_options, run_id, int(args.shard_size_mb * 1024 * 1024), digest)
         dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0})
         process_seconds = time.perf_counter() - process_started
+        writes = getattr(sink, "results", [])
         commits = read_commits(fs, root)
         this_run = [clip for commit in commits if commit["name"].startswith(run_id) for clip in commit["clips"]]
         processed_frames = sum(clip["frames"] for clip in this_run)
@@ -406,14 +509,21 @@ def write_dest(args: argparse.Namespace, lock: DestLock) -> int:
         "wall_seconds": round(elapsed, 3),
     }
     manifest = Manifest.build(config, backend_name, commits, listing_skips, run_info)
+    throughput = stage_throughput(listing_seconds, len(sources), this_run, writes, process_seconds, elapsed, workers)
     lock.check()
-    stats = write_stats(manifest, args.output, dest_options)
+    stats = write_stats(manifest, args.output, dest_options, throughput)
     manifest.write(args.output, dest_options)
     print_summary(manifest, decoded_frames, processed_frames, process_seconds, elapsed, workers)
     print(
         f"  curation        {stats['hours_decoded']:.3f} h decoded, {stats['hours_kept']:.3f} h kept in "
-        f"{stats['segments_kept']} segments (distributions in {STATS_NAME})"
+        f"{stats['segments_kept']} segments (distributions in {STATS_NAME}, histograms in {STATS_PLOT_NAME})"
     )
+    if tracking.run_id:
+        tracking.finish(stats, stats_files(manifest, stats), "no clip was written" if not manifest.totals.clips else "")
+        print(
+            f"[preprocess] logged the settings, statistics, {STATS_NAME} and {STATS_PLOT_NAME} to MLflow run "
+            f"{tracking.run_id}"
+        )
     if manifest.totals.clips == 0:
         print(
             f"[preprocess] error: no clip was written; the reasons are in {args.output.rstrip('/')}/{MANIFEST_NAME}",

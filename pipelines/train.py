@@ -60,8 +60,7 @@ def configure(args: argparse.Namespace) -> tuple[TrainConfig, Manifest, dict[str
 
 
 def connect_ray(config: TrainConfig, address: str | None) -> None:
-    """Join the cluster (it may add nodes on demand) or start a local Ray with room for the Ray Data read tasks;
-    refuse what it cannot run: too few CPUs or GPUs locally, paths on one node's disk when the job spans several."""
+    """Join the cluster or start a local Ray; refuse too few CPUs or GPUs, and one node's paths on several nodes."""
     if address := address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, logging_level="WARNING")
     else:
@@ -89,6 +88,7 @@ def training_dataset(config: TrainConfig, manifest: Manifest) -> ray.data.Datase
         "storage_options": s3_options(config.data, config.s3_endpoint),
         "sources_per_chunk": config.pairs_per_chunk * (config.source_range == "clip"),
         "shapes": chunk_shapes(manifest),
+        "keep_clips": manifest.clip_filter,
     }
     return ray.data.from_items(paths, override_num_blocks=len(paths)).flat_map(training_chunks, fn_kwargs=read)
 

@@ -117,6 +117,27 @@ def test_a_launch_ended_by_an_error_or_a_signal_leaves_no_run_running(tmp_path, 
     assert {client.get_run(run).info.status for run in launch.run_ids.values()} == {"KILLED"}
 
 
+def test_a_preprocessing_run_is_logged_only_with_a_tracking_uri_and_ends_failed_on_an_error(tmp_path, monkeypatch):
+    """Issue 12, item 4 (the job's run end to end: test_preprocess_pipeline.py): no URI, no run; an error ends it
+    FAILED with the reason; the params carry no credentials of a URL."""
+    from mlflow.tracking import MlflowClient
+
+    from discohead.tracking import FAILURE_TAG, DataRun, data_metrics, requested_tracking_uri, without_credentials
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert requested_tracking_uri() is None and DataRun(None, "x").start("job", {}) is None
+    assert without_credentials("https://user:secret@mlflow.example:5000/x@y") == "https://mlflow.example:5000/x@y"
+    stats = {"hours_kept": 0.5, "skipped_by_reason": {"blurry": 2}, "throughput": {"write_shards": {"tasks": 3}}}
+    assert data_metrics(stats) == {"hours_kept": 0.5, "skipped_blurry": 2.0, "throughput/write_shards/tasks": 3.0}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(RuntimeError), DataRun(requested_tracking_uri(uri), "data") as tracking:
+        tracking.start("20260101000000-abcdef", {"image_size": 64})
+        raise RuntimeError("the bucket went away")
+    run = MlflowClient(uri).get_run(tracking.run_id)
+    assert (run.info.status, run.data.tags[FAILURE_TAG]) == ("FAILED", "RuntimeError: the bucket went away")
+    assert run.info.run_name == "preprocess-20260101000000-abcdef" and run.data.params["image_size"] == "64"
+
+
 def test_every_loader_is_tensor_only_and_no_doc_points_at_an_unpickling_one():
     """Issue 11, item 13: models, checkpoints and weights load with ``weights_only=True`` everywhere,
     nothing calls a loader that unpickles (``mlflow.pytorch.load_model``, ``torch.hub.load_state_dict_from_url``

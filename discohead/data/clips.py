@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Container, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,12 @@ SKIP_REASONS = {
     "no_face": "no face found in too many frames (--max-missing-face)",
     "small_face": "the face crop is smaller than --min-face-size source pixels a side",
     "jittery": "the landmarks jump more than --max-jitter of the face size per frame (a lost or switching track)",
+    "head_pose": "the head turns (yaw) or tilts (pitch) further from facing the camera than --max-yaw / --max-pitch",
     "quiet_audio": "the segment's audio is below --min-audio-dbfs (no audible speech)",
     "clipped_audio": "more than --max-clipping of the segment's audio samples are at full scale",
     "blurry": "the face crops' variance of the Laplacian is below --min-sharpness",
-    "identity_change": "the tracked face changes person within the segment (--max-identity-distance)",
+    "identity_change": "a part of a segment split where its face changes person (--max-identity-distance) is "
+    "shorter than one chunk or --min-seconds",
     "av_offset": "the audio is confidently (--av-confidence) more than --max-av-shift frames out of sync",
     "not_found": "an --input (or a listed path) names no existing file",
     "unreadable_input": "the input (or an entry of a list file) could not be read or fetched from storage",
@@ -133,6 +135,7 @@ def process_video(
     *,
     ffmpeg_timeout_s: float | None = None,
     done: Container[str] = (),
+    syncnet: Any = None,
 ) -> Iterator[ClipResult]:
     """Decode, track, cut into segments, crop and chunk one local video: one result per segment.
 
@@ -141,17 +144,21 @@ def process_video(
     never holds more than one segment's crops; a segment whose clip id is in ``done``
     (committed by an earlier run) is not yielded. A video with no cut up to
     ``--max-seconds`` makes one clip with the id ``source_id``, as before segmentation.
+    A segment whose face changes person is split into one result per person (ids
+    ``<segment id>-i0``, ``-i1``, ...; see :func:`_identity_parts`).
 
     ``source`` is what the manifest shows (the original URI); ``path`` is where the bytes
     are now. ``ffmpeg_timeout_s`` bounds each ffmpeg run (default: derived from
     ``config.max_video_seconds`` by :func:`~discohead.data.video.ffmpeg_timeout`); it is
     not a :class:`ClipConfig` field because it never changes a stored shard's bytes and a
     slower machine must be able to raise it without invalidating the DEST it resumes.
+    ``syncnet`` is the loaded SyncNet (:func:`~discohead.metric_networks.syncnet_metric`)
+    that estimates the audio-visual offset from the face crops under ``--av-method syncnet``.
     """
     record = ClipRecord(clip_id=source_id, source=source, status="ok", fps=float(config.fps), source_id=source_id)
     timeout_s = ffmpeg_timeout(config.max_video_seconds) if ffmpeg_timeout_s is None else ffmpeg_timeout_s
     try:
-        yield from _process(Path(path), record, backend, config, split, timeout_s, done)
+        yield from _process(Path(path), record, backend, config, split, timeout_s, done, syncnet)
     except MediaError as error:
         yield _skip(record, error.reason, error.detail)
 
@@ -165,13 +172,16 @@ def process_clip(
     split: str | None = None,
     *,
     ffmpeg_timeout_s: float | None = None,
+    syncnet: Any = None,
 ) -> ClipResult:
     """:func:`process_video` for a video that makes one clip (uncut, up to ``--max-seconds``, or skipped whole).
 
     Raises ValueError when the video makes several segments: callers that take any video
     use :func:`process_video`.
     """
-    results = list(process_video(path, source, clip_id, backend, config, split, ffmpeg_timeout_s=ffmpeg_timeout_s))
+    results = list(
+        process_video(path, source, clip_id, backend, config, split, ffmpeg_timeout_s=ffmpeg_timeout_s, syncnet=syncnet)
+    )
     if len(results) != 1:
         raise ValueError(f"{source} makes {len(results)} segments; use process_video")
     return results[0]
@@ -193,6 +203,9 @@ def resume_state(records: Iterable[dict[str, Any]]) -> tuple[set[str], dict[str,
     A video's segments may be committed by different write tasks, so a crash can leave
     some of them; the next run redoes that video and stores only the missing ones.
     Records written before segmentation count as one-part sources under their clip id.
+    A video's count is the largest ``parts`` of its records: an identity split adds parts,
+    and records yielded before it carry the smaller count known then: still more than the
+    records yielded up to them (but for the video's last), so a video missing one is never done.
     """
     committed: dict[str, set[str]] = {}
     parts: dict[str, int] = {}
@@ -235,17 +248,17 @@ def _piece_waveform(waveform: np.ndarray, piece: Piece, whole: bool, config: Cli
     return waveform[first : first + int(round(piece.frames / config.fps * sample_rate))]
 
 
-Gate = tuple[str, float, float, bool, str, str]
-"""One quality gate: measure name, value, limit, whether the limit is a minimum, skip reason, flag."""
+def _gate(record: ClipRecord, values: dict[str, float], config: ClipConfig) -> bool:
+    """Store every measure on the record, then skip it on the first gate (:data:`curation.GATES`) it fails.
 
-
-def _gate(record: ClipRecord, gates: list[Gate]) -> bool:
-    """Store every measure on the record, then skip it on the first gate it fails. True when skipped."""
-    for name, value, _, _, _, _ in gates:
+    True when skipped.
+    """
+    for name, value in values.items():
         record.measures[name] = round(value, 5)
-    for name, value, limit, low, reason, flag in gates:
-        if (value < limit) if low else (value > limit):
-            _skip(record, reason, f"{name} {value:.4g} {'<' if low else '>'} {flag} {limit:g}")
+    for name, value in values.items():
+        failure = curation.GATES_BY_MEASURE[name].failure(value, config)
+        if failure:
+            _skip(record, curation.GATES_BY_MEASURE[name].reason, failure)
             return True
     return False
 
@@ -287,29 +300,43 @@ def _check_piece(
     width, height, scale = frame
     landmarks = fill_missing(track.landmarks[piece.start : piece.end].reshape(count, -1)).reshape(count, 68, 2)
     boxes = crop_boxes(landmarks, width, height, config.smoothing_sigma, config.crop_scale, config.crop_lift)
-    gates: list[Gate] = [
-        ("face_size", curation.face_size(boxes, scale), config.min_face_size, True, "small_face", "--min-face-size"),
-        ("jitter", curation.landmark_jitter(landmarks), config.max_jitter, False, "jittery", "--max-jitter"),
-    ]
+    yaw, pitch = curation.pose_extremes(landmarks)
+    values = {
+        "face_size": curation.face_size(boxes, scale),
+        "jitter": curation.landmark_jitter(landmarks),
+        "yaw": yaw,
+        "pitch": pitch,
+    }
     if audio is not None:
-        gates += [
-            ("audio_dbfs", curation.audio_dbfs(audio), config.min_audio_dbfs, True, "quiet_audio", "--min-audio-dbfs"),
-            ("clipping", curation.clipped_share(audio), config.max_clipping, False, "clipped_audio", "--max-clipping"),
-        ]
-    if _gate(record, gates):
+        values.update(audio_dbfs=curation.audio_dbfs(audio), clipping=curation.clipped_share(audio))
+    if _gate(record, values, config):
         return None
-    shift = 0
-    if audio is not None:
-        offset, confidence = sync.av_offset(landmarks, audio, samples_per_frame(config))
-        record.measures.update(av_offset=offset, av_confidence=round(confidence, 5))
-        if confidence >= config.av_confidence and offset:
-            said = f"audio {abs(offset)} frames {'late' if offset > 0 else 'early'} (confidence {confidence:.2f})"
-            if abs(offset) > config.max_av_shift:
-                _skip(record, "av_offset", f"{said} > --max-av-shift {config.max_av_shift}")
-                return None
-            record.notes.append(f"{said}: shifted to sync")
-            shift = offset
+    shift: int | None = 0
+    if audio is not None and config.av_method == "lips":
+        found = sync.av_offset(landmarks, audio, samples_per_frame(config), sample_rate=config.mel.sample_rate)
+        shift = _act_on_offset(record, found, config)
+        if shift is None:
+            return None
     return landmarks, boxes, shift
+
+
+def _act_on_offset(record: ClipRecord, found: sync.Offset, config: ClipConfig) -> int | None:
+    """Record the estimate; the frames to shift the audio by (0: leave it), or None when the record is skipped.
+
+    A trusted offset (:func:`~discohead.data.sync.offset_trusted`) up to ``--max-av-shift`` frames is corrected by
+    shifting the audio, a larger one skips the segment; an untrusted one is only recorded.
+    """
+    offset, confidence = found.frames, found.confidence
+    record.measures.update(av_offset=offset, av_confidence=round(confidence, 5), av_margin=round(found.margin, 5))
+    if not offset or not sync.offset_trusted(confidence, found.margin, config):
+        return 0
+    frames = f"{abs(offset)} frame{'s' if abs(offset) > 1 else ''}"
+    said = f"audio {frames} {'late' if offset > 0 else 'early'} ({config.av_method} confidence {confidence:.2f})"
+    if abs(offset) > config.max_av_shift:
+        _skip(record, "av_offset", f"{said} > --max-av-shift {config.max_av_shift}")
+        return None
+    record.notes.append(f"{said}: shifted to sync")
+    return offset
 
 
 def _process(
@@ -320,9 +347,12 @@ def _process(
     split: str | None,
     timeout_s: float,
     done: Container[str],
+    syncnet: Any = None,
 ) -> Iterator[ClipResult]:
     if config.split_mode == "clip" and split is None:
         raise ValueError("split mode 'clip' needs the clip's split")
+    if config.av_method == "syncnet" and syncnet is None:
+        raise ValueError("--av-method syncnet needs the SyncNet network (metric_networks.syncnet_metric)")
     sample_rate = config.mel.sample_rate
     limit = config.max_video_seconds
     info, waveform = probe_and_decode_audio(path, sample_rate, limit, timeout_s=timeout_s)
@@ -420,7 +450,9 @@ def _process(
 
     second_pass = kept if kept is not None else iter_video_frames(path, config.fps, crop_width, crop_height, **bounds)
     frames = enumerate(second_pass)
+    extra = 0  # records added by identity splits: counted in the parts of every record yielded after them
     for position, (record, piece, (landmarks, boxes, shift)) in enumerate(todo):
+        record.parts = len(pieces) + extra
         stored = piece.frames // config.chunk_frames * config.chunk_frames
         try:
             cropped = _crop_piece(frames, piece, stored, landmarks, boxes, config)
@@ -429,27 +461,91 @@ def _process(
             cropped, reason, detail = None, error.reason, error.detail
         if cropped is None:  # the rest of the video cannot be read: every segment left says why
             for rest, _, _ in todo[position:]:
+                rest.parts = len(pieces) + extra
                 yield _skip(rest, reason, detail)
             return
         crops, crop_landmarks, sharpness = cropped
-        identity = curation.identity_distance(crops)
-        late_gates: list[Gate] = [
-            ("sharpness", sharpness, config.min_sharpness, True, "blurry", "--min-sharpness"),
-            (
-                "identity_distance",
-                identity,
-                config.max_identity_distance,
-                False,
-                "identity_change",
-                "--max-identity-distance",
-            ),
-        ]
-        if _gate(record, late_gates):
+        if _gate(record, {"sharpness": sharpness}, config):
             yield ClipResult(record)
             continue
+        runs = [curation.IdentityRun(0, stored - 1, 0.0)]
+        if config.max_identity_distance > 0:  # 0: not checked (the embeddings are a third of a short segment's work)
+            picks = curation.identity_picks(stored, round(curation.IDENTITY_EVERY_SECONDS * config.fps))
+            embeddings = curation.identity_embeddings(crops, picks)
+            runs = curation.identity_runs(embeddings, picks, config.max_identity_distance)
+            record.measures["identity_distance"] = round(curation.largest_distance(embeddings), 5)
+        if real_audio and config.av_method == "syncnet":
+            found = sync.syncnet_offset(
+                syncnet, crops, _piece_waveform(waveform, piece, whole, config), config.mel.sample_rate
+            )
+            shift = _act_on_offset(record, found, config)
+            if shift is None:
+                yield ClipResult(record)
+                continue
         synced = sync.shift_audio(waveform, shift, samples_per_frame(config)) if shift else waveform
-        audio = _piece_waveform(synced, piece, whole, config)
-        yield _store_piece(record, piece, stored, (crops, crop_landmarks), audio, config, split)
+        if len(runs) == 1:
+            audio = _piece_waveform(synced, piece, whole, config)
+            yield _store_piece(record, piece, stored, (crops, crop_landmarks), audio, config, split)
+            continue
+        extra += len(runs) - 1
+        for part, part_piece, first in _identity_parts(record, piece, runs, stored, config):
+            part.parts = len(pieces) + extra
+            if part.clip_id in done:
+                continue
+            if not part.stored:
+                yield ClipResult(part)
+                continue
+            kept_frames = part_piece.frames // config.chunk_frames * config.chunk_frames
+            window = slice(first, first + kept_frames)
+            audio = _piece_waveform(synced, part_piece, False, config)
+            yield _store_piece(
+                part, part_piece, kept_frames, (crops[window], crop_landmarks[window]), audio, config, split
+            )
+
+
+def _identity_parts(
+    record: ClipRecord, piece: Piece, runs: list[curation.IdentityRun], stored: int, config: ClipConfig
+) -> list[tuple[ClipRecord, Piece, int]]:
+    """A piece whose face changes person, as one record per run of one person: the record, its frames, their offset.
+
+    Each part keeps the frames from its run's first sample (the piece's first frame for the
+    first run) to its last sample (the last cropped frame for the last run): the frames
+    between two runs' samples, where the person changed, are dropped. The parts share the
+    piece's segment index and measures (their own identity distance excepted); their ids
+    add ``-i0``, ``-i1``, ... to the piece's. A part shorter than one chunk or
+    ``--min-seconds`` is skipped as ``identity_change``.
+    """
+    fps = config.fps
+    spans = [
+        (0 if index == 0 else run.first, stored if index == len(runs) - 1 else run.last + 1)
+        for index, run in enumerate(runs)
+    ]
+    gaps = ", ".join(
+        f"{(piece.start + end) / fps:.2f}-{(piece.start + next_first) / fps:.2f}s"
+        for (_, end), (next_first, _) in zip(spans, spans[1:])
+    )
+    note = f"the face changes person: split into {len(runs)} parts, frames dropped at {gaps}"
+    parts = []
+    decoded = 0
+    for index, ((first, end), run) in enumerate(zip(spans, runs)):
+        part_piece = Piece(piece.start + first, piece.start + end, piece.shot)
+        own = record.decoded_frames - decoded if index == len(runs) - 1 else spans[index + 1][0] - first
+        decoded += own
+        part = replace(
+            record,
+            clip_id=f"{record.clip_id}-i{index}",
+            notes=[*record.notes, note],
+            measures={**record.measures, "identity_distance": round(run.distance, 5)},
+            start=round(part_piece.start / fps, 3),
+            end=round(part_piece.end / fps, 3),
+            decoded_frames=own,
+        )
+        frames = end - first
+        if frames < config.chunk_frames or frames < config.min_seconds * fps - 1e-6:
+            said = f"{frames / fps:.2f}s of one person < one chunk ({config.chunk_frames} frames) or --min-seconds"
+            _skip(part, "identity_change", f"{said} {config.min_seconds:g} (--max-identity-distance)")
+        parts.append((part, part_piece, first))
+    return parts
 
 
 def _crop_piece(

@@ -1,4 +1,4 @@
-"""Long videos to clips: shot cuts (PySceneDetect's content detector) and segments inside shots.
+"""Long videos to clips: shot cuts (PySceneDetect's adaptive content detector) and segments inside shots.
 
 A training chunk pairs a source and a driver frame of one clip, so a clip must never span
 a camera cut (it would pair two shots, often two people). Cuts are found while the
@@ -9,6 +9,7 @@ segments of at most ``--max-seconds``; each segment becomes a clip of its own.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -22,12 +23,27 @@ MIN_SHOT_FRAMES = 15
 """No second cut within this many frames of the last (PySceneDetect's default
 ``min_scene_len``): a flash or a fast pan is not two shots."""
 
+WINDOW_FRAMES = 2
+"""Frames on each side a frame's change is compared with (PySceneDetect's ``window_width``):
+cuts are known this many frames late, so :meth:`ShotDetector.watch` holds frames back."""
+
+MIN_CUT_CHANGE = 8.0
+"""A cut must also change the frame by this much (the content detector's mean HSV change,
+0-255): it keeps the ratio test off near-still footage, where tiny changes make big ratios.
+Measured on the shared clips: cuts between two GRID speakers change 12.6 and up, frames
+inside a GRID clip at most 2.6."""
+
 
 class ShotDetector:
-    """Feeds RGB frames to PySceneDetect's ``ContentDetector`` and keeps the frames where shots start.
+    """Feeds RGB frames to PySceneDetect's ``AdaptiveDetector`` and keeps the frames where shots start.
 
-    ``threshold`` is the average HSV change between frames that counts as a cut
-    (``--shot-threshold``); 0 turns detection off, so a video is one shot.
+    A frame starts a shot when its change from the previous frame (the content detector's
+    mean HSV change) is ``threshold`` times (``--shot-threshold``) the mean change of the
+    2 frames before and after it, and at least :data:`MIN_CUT_CHANGE`; 0 turns detection
+    off, so a video is one shot. A ratio, not a fixed change, because a fixed one cannot
+    tell a cut between two similar shots from a fast head turn: on the shared clips a cut
+    between two GRID speakers changes the frame 12.6, a portrait clip's head motion 17.7,
+    while their ratios are 14.4 and up against 4.7 at most (docs/preprocessing.md).
     """
 
     def __init__(self, fps: float, threshold: float):
@@ -35,17 +51,20 @@ class ShotDetector:
         self.cuts: list[int] = []
         self._detector = None
         if threshold > 0:
-            from scenedetect import ContentDetector
-            from scenedetect.detector import FlashFilter
+            from scenedetect import AdaptiveDetector
 
-            self._detector = ContentDetector(
-                threshold=threshold, min_scene_len=MIN_SHOT_FRAMES, filter_mode=FlashFilter.Mode.SUPPRESS
+            self._detector = AdaptiveDetector(
+                adaptive_threshold=threshold,
+                min_scene_len=MIN_SHOT_FRAMES,
+                window_width=WINDOW_FRAMES,
+                min_content_val=MIN_CUT_CHANGE,
             )
 
-    def feed(self, index: int, frame: np.ndarray) -> bool:
-        """Look at frame ``index`` (RGB, frames in order); True when a new shot starts at it."""
+    def feed(self, index: int, frame: np.ndarray) -> list[int]:
+        """Look at frame ``index`` (RGB, frames in order); the cuts this frame revealed (at most
+        :data:`WINDOW_FRAMES` frames back: the frames where new shots start)."""
         if self._detector is None:
-            return False
+            return []
         from scenedetect import FrameTimecode
 
         step = max(1, frame.shape[1] // SHOT_DETECT_WIDTH)
@@ -53,13 +72,22 @@ class ShotDetector:
         found = [cut.frame_num for cut in self._detector.process_frame(FrameTimecode(index, fps=self.fps), bgr)]
         found = [cut for cut in found if cut > 0]
         self.cuts.extend(found)
-        return index in found
+        return found
 
     def watch(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Pass ``frames`` through unchanged, detecting cuts on the way (``self.cuts`` grows as they go by)."""
+        """Pass ``frames`` through unchanged, detecting cuts on the way.
+
+        Each frame comes out once the detector has seen the :data:`WINDOW_FRAMES` after it,
+        so ``self.cuts`` already holds a cut when its frame comes out (the face tracker
+        restarts there).
+        """
+        held: deque[np.ndarray] = deque()
         for index, frame in enumerate(frames):
             self.feed(index, frame)
-            yield frame
+            held.append(frame)
+            if len(held) > WINDOW_FRAMES:
+                yield held.popleft()
+        yield from held
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from ..contracts import MANIFEST_NAME, SHARD_FORMAT_VERSION, SHARD_KEYS, SPLITS,
 from ..errors import UsageError
 from ..manifest import ClipRecord, Manifest, ShardFormatError
 from ..storage import filesystem_for, is_local, publish_bytes, publish_file
+from .curation import STATS_PLOT_NAME
 from .lock import LOCK_NAME
 
 COMMITS_DIR = "_commits"
@@ -332,6 +333,8 @@ _BOOKKEEPING = {
     f".{MANIFEST_NAME}.partial",
     STATS_NAME,
     f".{STATS_NAME}.partial",
+    STATS_PLOT_NAME,
+    f".{STATS_PLOT_NAME}.partial",
 }
 """What the job itself keeps in DEST besides shards and the manifest (not a sign of a user's files)."""
 
@@ -398,14 +401,14 @@ def remove_outputs(fs: fsspec.AbstractFileSystem, root: str, shown: str | None =
     removed = sorted(targets)
     for shard in removed:
         fs.rm_file(f"{root}/{shard}")
-    for path in (*records, f"{root}/{MANIFEST_NAME}", f"{root}/{STATS_NAME}"):
+    for path in (*records, f"{root}/{MANIFEST_NAME}", f"{root}/{STATS_NAME}", f"{root}/{STATS_PLOT_NAME}"):
         if fs.exists(path):
             fs.rm_file(path)
             removed.append(path[len(root) + 1 :])
     if fs.exists(f"{root}/{STAGING_DIR}"):
         fs.rm(f"{root}/{STAGING_DIR}", recursive=True)
     if is_local(fs):
-        partials = [Path(root) / f".{name}.partial" for name in (MANIFEST_NAME, STATS_NAME)]
+        partials = [Path(root) / f".{name}.partial" for name in (MANIFEST_NAME, STATS_NAME, STATS_PLOT_NAME)]
         for partial in [*Path(root).glob(f"{COMMITS_DIR}/.*.json.partial"), *partials]:
             partial.unlink(missing_ok=True)
         for folder in (*SPLITS, COMMITS_DIR):
@@ -478,11 +481,14 @@ def iter_shard(
 
 
 def iter_split(dest: str, split: str, storage_options: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-    """Decoded samples of one split, in manifest order (the training job's entry point)."""
+    """Decoded samples of one split, in manifest order (a view's: only its own clips')."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     manifest = Manifest.read(dest, storage_options)
-    fs, root = filesystem_for(dest, storage_options)
+    fs, root = filesystem_for(manifest.shard_root(dest), storage_options)
+    keep = manifest.clip_filter
     for shard in manifest.shards[split]:
         for sample in iter_shard(fs, f"{root}/{shard}"):
-            yield decode_sample(sample)
+            decoded = decode_sample(sample)
+            if keep is None or decoded["meta"].get("clip_id") in keep:
+                yield decoded

@@ -20,7 +20,7 @@ import ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .video import H264, ffmpeg_executable
+from .video import H264, ffmpeg_executable, probe
 
 FACE_HEIGHT = 90
 """Drawn face height in pixels: large enough for dlib's detector at its native scale."""
@@ -46,11 +46,26 @@ class SyntheticClip:
 
 
 def speech_like_audio(seconds: float, sample_rate: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A tone with a syllable-rate (about 4 Hz) loudness envelope; returns (waveform, envelope)."""
+    """A voiced tone whose loudness rises and falls in syllables; returns (waveform, envelope).
+
+    Syllables last 0.12-0.32 s (about 4 a second, as in speech) at random strengths, with
+    the odd pause. Their lengths vary as real syllables do: a periodic envelope would look
+    the same at a lag of one syllable, so an audio-visual offset could not be told apart
+    from a whole number of syllables.
+    """
     rng = np.random.default_rng(seed)
-    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
-    syllable_rate = 3.5 + rng.random()
-    envelope = np.clip(np.sin(2 * np.pi * syllable_rate * t + rng.random() * 6), 0, None) ** 1.5
+    count = int(round(seconds * sample_rate))
+    t = np.arange(count) / sample_rate
+    pieces, total = [], 0
+    while total < count:
+        if rng.random() < 0.15:  # a pause
+            piece = np.zeros(int(rng.uniform(0.1, 0.4) * sample_rate))
+        else:
+            span = int(rng.uniform(0.12, 0.32) * sample_rate)
+            piece = rng.uniform(0.8, 1.0) * np.sin(np.pi * np.arange(span) / span) ** 1.5
+        pieces.append(piece)
+        total += len(piece)
+    envelope = np.concatenate(pieces)[:count]
     pitch = 140 + 40 * rng.random()
     tone = sum(np.sin(2 * np.pi * pitch * k * t) / k for k in (1, 2, 3))
     return (0.3 * envelope * tone).astype(np.float32), envelope.astype(np.float32)
@@ -127,7 +142,7 @@ def render_frames(clip: SyntheticClip, envelope: np.ndarray) -> np.ndarray:
         sway = math.sin(2 * math.pi * 0.4 * index / clip.fps)
         for face in range(clip.faces):
             offset = (face - (clip.faces - 1) / 2) * clip.width / max(clip.faces, 1)
-            size = clip.face_height * (1.0 if face == 0 else 0.94)
+            size = clip.face_height * (1.0 if face == 0 else 0.8)  # one face clearly the largest
             motion = 4 * sway * clip.face_height / FACE_HEIGHT
             draw_face(
                 draw,
@@ -213,18 +228,35 @@ def write_cut_video(path: str | Path, clips: list[SyntheticClip], folder: str | 
     return Path(path), [float(start) for start in starts]
 
 
-def join_videos(parts: list[Path], path: str | Path) -> Path:
-    """Videos with audio (same frame size) joined end to end with hard cuts, as H.264/AAC."""
-    inputs = [ffmpeg.input(str(part)) for part in parts]
-    joined = ffmpeg.concat(*[stream for part in inputs for stream in (part.video, part.audio)], v=1, a=1).node
+def join_videos(
+    parts: list[Path],
+    path: str | Path,
+    size: tuple[int, int] | None = None,
+    audio_delays: dict[int, float] | None = None,
+) -> Path:
+    """Videos with audio joined end to end with hard cuts, as H.264/AAC.
+
+    Parts must share a frame size unless ``size`` (width, height) is given: each is then
+    scaled to fit inside it and padded with black, as a compilation of footage would be.
+    ``audio_delays`` maps a part's index to seconds its sound is made late by (silence
+    before, trimmed to its length after), for testing the audio-visual offset.
+    """
+    streams = []
+    for index, part in enumerate(parts):
+        source = ffmpeg.input(str(part))
+        video, audio = source.video, source.audio
+        if size is not None:
+            width, height = size
+            video = video.filter("scale", width, height, force_original_aspect_ratio="decrease")
+            video = video.filter("pad", width, height, "(ow-iw)/2", "(oh-ih)/2").filter("setsar", 1)
+        delay = (audio_delays or {}).get(index, 0.0)
+        if delay:
+            audio = audio.filter("adelay", delays=int(round(delay * 1000)), all=1)
+            audio = audio.filter("atrim", end=probe(part).duration)
+        streams += [video, audio]
+    joined = ffmpeg.concat(*streams, v=1, a=1).node
     (
-        ffmpeg.output(
-            joined[0],
-            joined[1],
-            str(path),
-            **H264,
-            acodec="aac",
-        )
+        ffmpeg.output(joined[0], joined[1], str(path), **H264, acodec="aac")
         .global_args("-nostdin", "-v", "error")
         .overwrite_output()
         .run(cmd=ffmpeg_executable(), capture_stdout=True, capture_stderr=True)
