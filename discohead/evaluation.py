@@ -72,18 +72,45 @@ class ClipFrames:
 
 
 def clips_with_test_frames(
-    dest: str, storage_options: dict[str, Any] | None = None, split: str = "test", max_clips: int | None = None
+    dest: str,
+    storage_options: dict[str, Any] | None = None,
+    split: str = "test",
+    max_clips: int | None = None,
+    damaged: list[str] | None = None,
 ) -> Iterator[ClipFrames]:
-    """Clips with ``split`` chunks (the first ``max_clips`` by id), each with its first frame in any split."""
+    """Clips with ``split`` chunks (the first ``max_clips`` by id), each with its first frame in any split.
+
+    A sample or shard that cannot be read, or a chunk of the wrong shape or not finite, is
+    passed over, as in training; a clip that then has fewer ``split`` chunks than the
+    manifest lists is left out whole (its frames would not run on in time). ``damaged``,
+    when given, receives a line for each.
+    """
+    from .manifest import Manifest
+    from .training import check_chunk, chunk_shapes
+
+    manifest = Manifest.read(dest, storage_options)
+    shapes, problems = chunk_shapes(manifest), []
     first: dict[str, tuple[int, np.ndarray]] = {}
     tests: dict[str, list[dict[str, Any]]] = {}
     for name in SPLITS:
-        for chunk in iter_split(dest, name, storage_options):
+        for chunk in iter_split(dest, name, storage_options, damaged=problems):
+            try:
+                check_chunk(chunk, shapes)
+            except ValueError as error:
+                problems.append(f"sample {chunk.get('__key__')}: {error}")
+                continue
             clip_id, start = chunk["meta"]["clip_id"], chunk["meta"]["first_frame"]
             if clip_id not in first or start < first[clip_id][0]:
                 first[clip_id] = (start, chunk["frames"][0])
             if name == split:
                 tests.setdefault(clip_id, []).append(chunk)
+    expected = {clip.clip_id: clip.chunks.get(split, 0) for clip in manifest.clips}
+    for clip_id, count in expected.items():
+        if len(tests.get(clip_id, [])) < count:
+            read = len(tests.pop(clip_id, []))
+            problems.append(f"clip {clip_id} left out: {read} of its {count} {split} chunks read")
+    if damaged is not None:
+        damaged.extend(problems)
     for clip_id, chunks in sorted(tests.items())[:max_clips]:
         chunks.sort(key=lambda chunk: chunk["meta"]["first_frame"])
         meta = chunks[0]["meta"]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .contracts import TrainingState, mask_to_eye_region
-from .data.shards import decode_sample, iter_shard
+from .data.shards import SAMPLE_ERRORS, decode_sample, iter_shard
 from .losses import DisCoHeadLoss
 from .manifest import Manifest, ShardFormatError
 from .metrics import psnr, ssim
@@ -41,10 +41,6 @@ ACCOUNT_KEYS = ("shard", "bad_samples", "bad_reason", "usable")
 count of its unreadable samples and the first reason (on its first row only), and whether the
 row is a chunk to train on (a shard with no readable sample sends one placeholder row, so that
 its count still reaches the worker)."""
-
-_SAMPLE_ERRORS = (ShardFormatError, ValueError, KeyError, TypeError, OSError, EOFError, AttributeError)
-"""What reading one sample (or one shard) can raise when its bytes are damaged: json and numpy
-raise ValueError, a missing member KeyError, storage OSError; the reader ShardFormatError."""
 
 
 class TooManyBadSamples(ValueError):
@@ -127,13 +123,13 @@ def training_chunks(
                     continue
                 chunk = {name: decoded[name] for name in ("frames", "mel", "eye_boxes")}
                 check_chunk(chunk, shapes)
-            except _SAMPLE_ERRORS as error:
+            except SAMPLE_ERRORS as error:
                 bad += 1
                 reason = reason or f"sample {sample.get('__key__')}: {type(error).__name__}: {error}"
                 continue
             chunks.append({"key": decoded["__key__"], **chunk})
             clips.setdefault(decoded["meta"].get("clip_id", decoded["__key__"]), []).append(chunks[-1])
-    except _SAMPLE_ERRORS as error:  # the shard itself: missing, compressed, cut short
+    except SAMPLE_ERRORS as error:  # the shard itself: missing, compressed, cut short
         reason = reason or f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     if sources_per_chunk:
         rng = np.random.default_rng()
@@ -176,14 +172,14 @@ def fixed_pairs(
                 try:
                     decoded = decode_sample(sample)
                     check_chunk(decoded, shapes)
-                except _SAMPLE_ERRORS as error:
+                except SAMPLE_ERRORS as error:
                     first_error = first_error or f"{type(error).__name__}: {error}"
                     continue
                 if keep is None or decoded["meta"].get("clip_id") in keep:
                     chunks.append(decoded)
                 if len(chunks) * 2 >= count:
                     break
-        except _SAMPLE_ERRORS as error:
+        except SAMPLE_ERRORS as error:
             first_error = first_error or f"{type(error).__name__}: {error}"
         if len(chunks) * 2 >= count:
             break

@@ -162,10 +162,15 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], list]:
         except Exception as error:  # an unknown run, model, alias or path: say which, in one line
             raise UsageError(f"--model {ref}: {str(error).splitlines()[0]}") from None
         check_model(ref, checkpoints[ref], manifest)
-    clips = list(clips_with_test_frames(args.data, options, args.split, args.max_clips))
+    damaged: list[str] = []
+    clips = list(clips_with_test_frames(args.data, options, args.split, args.max_clips, damaged))
     print(
         f"[evaluate] {len(clips)} clips, {sum(len(clip.driver) for clip in clips)} frames of {args.split}", flush=True
     )
+    if damaged:
+        print(f"[evaluate] passed over {len(damaged)} unreadable samples or clips, first: {damaged[0]}", flush=True)
+    if not clips:
+        raise UsageError(f"{args.data}: no readable {args.split} clip to evaluate")
     read_audio(args, clips, manifest)
     return checkpoints, clips
 

@@ -392,3 +392,22 @@ EXPECTED_OUTCOMES = {
     "truncated.mp4": "corrupt",
 }
 """What the manifest must record for each synthetic input: ``ok`` or the skip reason."""
+
+
+# --- damaged shards ----------------------------------------------------------------
+
+
+def rewrite_tar(path, change) -> None:
+    """Rewrite the tar at ``path`` with ``change(name, data)``: new bytes, or None to drop the member."""
+    import io
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        members = [(member.name, tar.extractfile(member).read()) for member in tar]
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            data = change(name, data)
+            if data is not None:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))

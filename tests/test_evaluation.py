@@ -7,6 +7,8 @@ from discohead.data.shards import iter_split
 from discohead.data.synthetic_shards import write_synthetic_shards
 from discohead.evaluation import clips_with_test_frames, evaluate_reconstruction
 
+from conftest import rewrite_tar
+
 
 def test_reconstruction_evaluation_scores_model_and_baselines(tmp_path):
     dest = str(tmp_path / "shards")
@@ -148,3 +150,27 @@ def test_attach_audio_reads_the_clip_file_and_refuses_other_audio(tmp_path):
     assert clips[0].audio_note == ""
     assert clips[1].waveform is None and "not the audio in the shards" in clips[1].audio_note
     assert clips[2].waveform is None and "gone.wav: cannot read its audio" in clips[2].audio_note
+
+
+def test_a_damaged_test_sample_leaves_its_clip_out_and_the_rest_is_evaluated(tmp_path):
+    """Issue 11's known limit: evaluation used to fail on the first unreadable sample; now it passes over it, as
+    training does, and leaves out a clip whose test chunks do not all read."""
+    import io
+
+    dest = str(tmp_path / "shards")
+    manifest = write_synthetic_shards(dest, clips=3, frames_per_clip=30, image_size=32, chunk_frames=10)
+    wrong_size = io.BytesIO()
+    np.save(wrong_size, np.zeros((10, 16, 16, 3), np.uint8))
+    damage = {
+        "synthetic-0-001-00002.meta.json": b"{not json",
+        "synthetic-0-002-00002.frames.npy": wrong_size.getvalue(),
+    }
+    rewrite_tar(f"{dest}/{manifest.shards['test'][0]}", lambda name, data: damage.get(name, data))
+    damaged: list[str] = []
+    clips = list(clips_with_test_frames(dest, damaged=damaged))
+    assert [clip.clip_id for clip in clips] == ["synthetic-0-000"]
+    assert any("sample synthetic-0-001-00002" in line for line in damaged)
+    assert any("sample synthetic-0-002-00002" in line and "shape" in line for line in damaged)
+    assert any("clip synthetic-0-001 left out: 0 of its 1 test chunks read" in line for line in damaged)
+    with pytest.raises(ValueError):
+        list(iter_split(dest, "test"))  # without a list to report to, the reader still raises

@@ -240,9 +240,10 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(sha
 def test_unreadable_samples_are_skipped_and_logged_and_too_many_fail_in_one_line(mlflow_server, tmp_path):
     """Issue 11, item 9: one damaged sample used to fail the read task, so every retry of the run."""
     from mlflow.tracking import MlflowClient
-    from test_training import rewrite_tar
 
     from discohead.data.synthetic_shards import write_synthetic_shards
+
+    from conftest import rewrite_tar
 
     dest = str(tmp_path / "damaged")
     manifest = write_synthetic_shards(dest, clips=4, frames_per_clip=150, image_size=32, seed=0)

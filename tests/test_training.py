@@ -16,6 +16,8 @@ from discohead.training import (
     train_step,
 )
 
+from conftest import rewrite_tar
+
 
 def chunk(frames: int = 6, size: int = 32, offset: int = 0) -> dict[str, np.ndarray]:
     # Frame i is filled with the value offset + i, so pairs reveal which frames were drawn.
@@ -163,22 +165,6 @@ def test_training_sources_come_from_anywhere_in_the_clip(tmp_path):
 
 
 # --- unreadable samples (issue 11, item 9) ------------------------------------------------
-
-
-def rewrite_tar(path, change) -> None:
-    """Rewrite the tar at ``path`` with ``change(name, data)``: new bytes, or None to drop the member."""
-    import io
-    import tarfile
-
-    with tarfile.open(path) as tar:
-        members = [(member.name, tar.extractfile(member).read()) for member in tar]
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            data = change(name, data)
-            if data is not None:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
 
 def corrupt_dataset(dest: str):

@@ -480,15 +480,38 @@ def iter_shard(
             yield sample
 
 
-def iter_split(dest: str, split: str, storage_options: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-    """Decoded samples of one split, in manifest order (a view's: only its own clips')."""
+SAMPLE_ERRORS = (ShardFormatError, ValueError, KeyError, TypeError, OSError, EOFError, AttributeError)
+"""What reading one sample (or one shard) can raise when its bytes are damaged: json and numpy
+raise ValueError, a missing member KeyError, storage OSError; the reader ShardFormatError."""
+
+
+def iter_split(
+    dest: str, split: str, storage_options: dict[str, Any] | None = None, damaged: list[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Decoded samples of one split, in manifest order (a view's: only its own clips').
+
+    With ``damaged`` (a list), a sample or shard that cannot be read is passed over and
+    described there in one line starting with the shard's name (and ``sample KEY`` for a
+    sample), instead of raising.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     manifest = Manifest.read(dest, storage_options)
     fs, root = filesystem_for(manifest.shard_root(dest), storage_options)
     keep = manifest.clip_filter
     for shard in manifest.shards[split]:
-        for sample in iter_shard(fs, f"{root}/{shard}"):
-            decoded = decode_sample(sample)
-            if keep is None or decoded["meta"].get("clip_id") in keep:
-                yield decoded
+        try:
+            for sample in iter_shard(fs, f"{root}/{shard}"):
+                try:
+                    decoded = decode_sample(sample)
+                except SAMPLE_ERRORS as error:
+                    if damaged is None:
+                        raise
+                    damaged.append(f"{shard}: sample {sample.get('__key__')}: {type(error).__name__}: {error}")
+                    continue
+                if keep is None or decoded["meta"].get("clip_id") in keep:
+                    yield decoded
+        except SAMPLE_ERRORS as error:  # the shard itself: missing, compressed, cut short
+            if damaged is None:
+                raise
+            damaged.append(f"{shard}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
