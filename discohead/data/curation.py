@@ -431,6 +431,53 @@ def stats_files(manifest: Manifest, stats: dict[str, Any]) -> dict[str, bytes]:
     return {STATS_NAME: json.dumps(stats, indent=1).encode(), STATS_PLOT_NAME: plot_stats(manifest, stats)[0]}
 
 
+def stage_throughput(
+    listing_seconds: float,
+    files: int,
+    this_run: list[dict[str, Any]],
+    writes: list[dict[str, Any]],
+    process_seconds: float,
+    wall_seconds: float,
+    workers: int,
+) -> dict[str, Any]:
+    """This run's time and frames per stage, ``throughput`` in stats.json (clips resumed from earlier runs are
+    not in it, unlike the rest of the stats).
+
+    A stage's worker seconds are summed over its tasks (a stage busy on 4 workers for 10 s of wall time
+    shows about 40), and its frames per second are per worker second: they compare across cluster sizes.
+    ``process_videos`` is stages 2-7 (fetch, decode, landmarks, cuts, gates, crops, encoding; each
+    segment record's ``seconds``), ``write_shards`` the Datasink's tasks (packing and publishing tars).
+    """
+
+    def rate(frames: float, seconds: float) -> float:
+        return round(frames / seconds, 2) if seconds > 0 else 0.0
+
+    process = sum(clip.get("seconds", 0.0) for clip in this_run)
+    decoded = sum(clip.get("decoded_frames", 0) for clip in this_run)
+    write, stored = sum(task["seconds"] for task in writes), sum(task["frames"] for task in writes)
+    return {
+        "list_inputs": {"wall_seconds": round(listing_seconds, 3), "files": files},
+        "process_videos": {
+            "worker_seconds": round(process, 3),
+            "segments": len(this_run),
+            "decoded_frames": decoded,
+            "frames_per_second": rate(decoded, process),
+        },
+        "write_shards": {
+            "worker_seconds": round(write, 3),
+            "tasks": len(writes),
+            "stored_frames": stored,
+            "frames_per_second": rate(stored, write),
+        },
+        "job": {
+            "wall_seconds": round(wall_seconds, 3),
+            "process_wall_seconds": round(process_seconds, 3),
+            "workers": workers,
+            "decoded_frames_per_second": rate(decoded, process_seconds),
+        },
+    }
+
+
 def write_stats(
     manifest: Manifest,
     dest: str,
