@@ -307,6 +307,13 @@ class ClipConfig:
             "(real speech in sync measures 0.42-0.66, unrelated sound at most 0.31: docs/preprocessing.md)"
         },
     )
+    av_margin: float = dataclasses.field(
+        default=0.03,
+        metadata={
+            "help": "with --av-method lips: trust an offset only when its correlation beats every lag more than 2 "
+            "frames away by at least this (two near-equal peaks: the offset is not known)"
+        },
+    )
     av_method: str = dataclasses.field(
         default="lips",
         metadata={
@@ -318,13 +325,6 @@ class ClipConfig:
     syncnet_confidence: float = dataclasses.field(
         default=3.0,
         metadata={"help": "with --av-method syncnet: trust its offset at this LSE-C or more (LatentSync's threshold)"},
-    )
-    av_margin: float = dataclasses.field(
-        default=0.03,
-        metadata={
-            "help": "with --av-method lips: trust an offset only when its correlation beats every lag more than 2 "
-            "frames away by at least this (two near-equal peaks: the offset is not known)"
-        },
     )
     max_av_shift: int = dataclasses.field(
         default=3,

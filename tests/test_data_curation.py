@@ -194,10 +194,23 @@ def test_a_person_who_changes_and_comes_back_is_seen_and_cut_into_runs(grid_face
     assert len(curation.identity_runs(embeddings[:4], picks, 2.0)) == 1  # a looser limit keeps one run
 
 
+def test_bisection_places_each_change_of_person_on_its_frame(monkeypatch):
+    """Stand-in embeddings (person A before frame 63, B up to 120, A again after) in place of dlib's: the samples
+    every 50 frames see three runs, and bisection moves each boundary to the frame where the person changes."""
+    people = np.eye(3)[[0] * 63 + [1] * 57 + [0] * 80]  # 200 frames: A, B from 63, A from 120
+    monkeypatch.setattr(curation, "identity_embeddings", lambda crops, picks: people[picks])
+    picks = curation.identity_picks(len(people), 50)
+    embeddings = curation.identity_embeddings(None, picks)
+    runs = curation.identity_runs(embeddings, picks, 0.6)
+    assert [(run.first, run.last) for run in runs] == [(0, 50), (100, 100), (150, 199)]
+    placed = curation.locate_changes(None, runs, embeddings, picks, 0.6)
+    assert [(run.first, run.last) for run in placed] == [(0, 62), (63, 119), (120, 199)]
+
+
 def test_a_change_of_person_splits_the_segment_and_resumes_by_part(shared_data, backend, tmp_path):
-    """Two GRID speakers joined with no cut detection (a change of person without a cut): A is kept from frame 0 to
-    its last sample (50), B from its first (100) on; the frames between are dropped. A rerun stores only what is
-    missing, and the source counts done once every part is committed."""
+    """Two GRID speakers joined with no cut detection (a change of person without a cut): sampled every 50 frames, the
+    change lies between frames 50 and 100, and bisection puts it on frame 75, where B starts; nothing is dropped. A
+    rerun stores only what is missing, and the source counts done once every part is committed."""
     from discohead.data.clips import process_video, resume_state
     from discohead.data.synthetic import join_videos
 
@@ -206,15 +219,15 @@ def test_a_change_of_person_splits_the_segment_and_resumes_by_part(shared_data, 
     results = list(process_video(joined, "j.mp4", "j", backend, config, "train"))
     records = [result.record for result in results]
     assert [(r.clip_id, r.status, r.segment, r.parts) for r in records] == [("j-i0", "ok", 0, 2), ("j-i1", "ok", 0, 2)]
-    assert [(r.start, r.end, r.frames) for r in records] == [(0.0, 2.0, 50), (4.0, 6.0, 50)]
+    assert [(r.start, r.end, r.frames) for r in records] == [(0.0, 2.0, 50), (3.0, 5.0, 50)]
     assert sum(r.decoded_frames for r in records) == 150 and all(r.measures["identity_distance"] < 0.6 for r in records)
-    assert all(any("changes person" in note and "2.04-4.00s" in note for note in r.notes) for r in records)
+    assert all(any("changes person: split into 2 parts at 3.00s" in note for note in r.notes) for r in records)
     assert all(len(result.samples) == 1 for result in results) and SKIP_REASONS["identity_change"]
     done, committed = resume_state([records[0].to_json()])
     assert not done and resume_state([r.to_json() for r in records])[0] == {"j"}
     rest = process_video(joined, "j.mp4", "j", backend, config, "train", done=committed["j"])
     assert [result.record.clip_id for result in rest] == ["j-i1"]
-    strict = process_video(joined, "j.mp4", "j", backend, dataclasses.replace(config, min_seconds=3.0), "train")
+    strict = process_video(joined, "j.mp4", "j", backend, dataclasses.replace(config, min_seconds=3.5), "train")
     assert [(r.record.clip_id, r.record.reason) for r in strict] == [(f"j-i{i}", "identity_change") for i in (0, 1)]
     unchecked = process_clip(
         joined, "j.mp4", "j", backend, dataclasses.replace(config, max_identity_distance=0), "train"

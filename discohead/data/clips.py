@@ -473,6 +473,8 @@ def _process(
             picks = curation.identity_picks(stored, round(curation.IDENTITY_EVERY_SECONDS * config.fps))
             embeddings = curation.identity_embeddings(crops, picks)
             runs = curation.identity_runs(embeddings, picks, config.max_identity_distance)
+            if len(runs) > 1:
+                runs = curation.locate_changes(crops, runs, embeddings, picks, config.max_identity_distance)
             record.measures["identity_distance"] = round(curation.largest_distance(embeddings), 5)
         if real_audio and config.av_method == "syncnet":
             found = sync.syncnet_offset(
@@ -508,9 +510,10 @@ def _identity_parts(
 ) -> list[tuple[ClipRecord, Piece, int]]:
     """A piece whose face changes person, as one record per run of one person: the record, its frames, their offset.
 
-    Each part keeps the frames from its run's first sample (the piece's first frame for the
-    first run) to its last sample (the last cropped frame for the last run): the frames
-    between two runs' samples, where the person changed, are dropped. The parts share the
+    Each part keeps the frames from its run's first frame (the piece's first frame for the
+    first run) to its last (the last cropped frame for the last run); with the changes placed
+    by :func:`~discohead.data.curation.locate_changes` one part ends on the frame before the
+    next begins. Any frames left between two runs are dropped. The parts share the
     piece's segment index and measures (their own identity distance excepted); their ids
     add ``-i0``, ``-i1``, ... to the piece's. A part shorter than one chunk or
     ``--min-seconds`` is skipped as ``identity_change``.
@@ -520,11 +523,13 @@ def _identity_parts(
         (0 if index == 0 else run.first, stored if index == len(runs) - 1 else run.last + 1)
         for index, run in enumerate(runs)
     ]
-    gaps = ", ".join(
-        f"{(piece.start + end) / fps:.2f}-{(piece.start + next_first) / fps:.2f}s"
+    changes = ", ".join(
+        f"{(piece.start + end) / fps:.2f}s"
+        if next_first == end
+        else f"{(piece.start + end) / fps:.2f}-{(piece.start + next_first) / fps:.2f}s (dropped)"
         for (_, end), (next_first, _) in zip(spans, spans[1:])
     )
-    note = f"the face changes person: split into {len(runs)} parts, frames dropped at {gaps}"
+    note = f"the face changes person: split into {len(runs)} parts at {changes}"
     parts = []
     decoded = 0
     for index, ((first, end), run) in enumerate(zip(spans, runs)):

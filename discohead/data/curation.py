@@ -89,6 +89,35 @@ def identity_runs(embeddings: np.ndarray, picks: list[int], limit: float) -> lis
     return runs
 
 
+def locate_changes(
+    crops: np.ndarray, runs: list[IdentityRun], embeddings: np.ndarray, picks: list[int], limit: float
+) -> list[IdentityRun]:
+    """``runs`` with each change of person placed on its frame, by bisection between the two runs' samples.
+
+    Between the last sample of one run and the first of the next, the frame halfway is
+    embedded and joins the side it is nearer to (the earlier one only within ``limit``),
+    until the two sides are adjacent frames: about 6 more embeddings per change (0.4 s)
+    for 2 s between samples, so no frame of either person is dropped.
+    """
+    at = {pick: embedding for pick, embedding in zip(picks, embeddings)}
+    placed = [runs[0]]
+    for run in runs[1:]:
+        before, after = placed[-1], run
+        last, first = before.last, after.first
+        ending, starting = at[last], at[first]
+        while first - last > 1:
+            middle = (first + last) // 2
+            embedding = identity_embeddings(crops, [middle])[0]
+            to_before, to_after = np.linalg.norm(embedding - ending), np.linalg.norm(embedding - starting)
+            if to_before <= limit and to_before <= to_after:
+                last = middle
+            else:
+                first = middle
+        placed[-1] = dataclasses.replace(before, last=last)
+        placed.append(dataclasses.replace(after, first=first))
+    return placed
+
+
 def identity_distance(crops: np.ndarray, every: int = 50) -> float:
     """Largest distance between dlib's 128-d identity embeddings of a segment's crops, sampled every ``every`` frames.
 
