@@ -38,6 +38,7 @@ import numpy as np
 
 from . import __version__
 from .contracts import CHECKPOINT_FILE
+from .errors import UsageError
 from .storage import filesystem_for, is_remote, s3_options
 from .training import Reporter
 
@@ -90,6 +91,20 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{__version__}+{commit}" if commit else __version__
+
+
+def tracking_client(uri: str | None) -> Any:
+    """An ``MlflowClient`` for ``uri``. A store MLflow refuses to open (a ``file:`` store, which MLflow 3
+    keeps in maintenance mode, unless ``MLFLOW_ALLOW_FILE_STORE=true``) is a one-line :class:`UsageError`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(uri)
+    except MlflowException as error:
+        message = str(error).strip().splitlines()
+        shown = without_credentials(uri or "the default store")
+        raise UsageError(f"MLflow tracking URI {shown}: {message[0] if message else type(error).__name__}") from None
 
 
 def experiment_id(client: Any, name: str, uri: str) -> str:
@@ -219,10 +234,8 @@ def data_params(manifest: Manifest) -> dict[str, Any]:
 
 def start_launch(config: TrainConfig, run_names: Mapping[str, str], manifest: Manifest, resume: bool = False) -> Launch:
     """Create the runs of a launch (or, with ``resume``, find the ones named ``run_names``) and log their params."""
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri()
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     experiment = experiment_id(client, config.experiment, uri)
     common = {**data_params(manifest), "code_version": code_version()}
     existing = {}
@@ -566,9 +579,7 @@ class DataRun:
         self.ended = False
 
     def _client(self) -> Any:
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(self.uri)
+        return tracking_client(self.uri)
 
     def start(self, name: str, params: Mapping[str, Any]) -> str | None:
         """Create the run ``preprocess-NAME`` in the experiment; returns its id (None without a tracking URI)."""

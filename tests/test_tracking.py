@@ -161,3 +161,15 @@ def test_every_loader_is_tensor_only_and_no_doc_points_at_an_unpickling_one():
             assert "weights_only=True" in call, f"{path}: {call}"
     training = docs[root / "docs" / "training.md"]
     assert "from discohead.tracking import load_model" in training and "mlflow.pyfunc.load_model" in training
+
+
+def test_a_tracking_store_mlflow_refuses_is_one_line(tmp_path, monkeypatch):
+    """MLflow 3 refuses a file: store unless MLFLOW_ALLOW_FILE_STORE is set; the jobs said so with a traceback."""
+    from discohead.errors import UsageError
+    from discohead.tracking import tracking_client
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(UsageError, match=r"MLflow tracking URI file:///.*mlruns: .*maintenance mode") as error:
+        tracking_client(f"file://{tmp_path}/mlruns")
+    assert "\n" not in str(error.value)
+    assert tracking_client(f"sqlite:///{tmp_path}/mlflow.db") is not None
