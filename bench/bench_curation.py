@@ -104,6 +104,7 @@ def stage_rates(path: Path, config: ClipConfig, backend, repeats: int) -> dict[s
             writer.commit()
 
     write_s, _ = timed(write, repeats)
+    syncnet_s = syncnet_seconds(crops[: 10 * config.fps], waveform, config)
     return {
         "frames": count,
         "decode": count / decode_s,
@@ -116,7 +117,24 @@ def stage_rates(path: Path, config: ClipConfig, backend, repeats: int) -> dict[s
         "identity": count / identity_s,
         "process_video": count / whole_s,
         "shard write (stored frames)": stored / write_s,
+        "syncnet offset": min(len(crops), 10 * config.fps) / syncnet_s,
     }
+
+
+def syncnet_seconds(crops: np.ndarray, waveform: np.ndarray, config: ClipConfig) -> float:
+    """Seconds of ``--av-method syncnet``'s offset on these crops, with SyncNet's network at random weights.
+
+    Speed only: the cost does not depend on the weights (which cannot be downloaded here), and the
+    offset it finds with random weights means nothing, so it is not reported.
+    """
+    from discohead.metric_networks import SyncNet
+
+    network = SyncNet().eval().requires_grad_(False)
+    audio = waveform[: int(len(crops) / config.fps * config.mel.sample_rate)]
+    sync.syncnet_offset(network, crops[:10], audio, config.mel.sample_rate)  # warm-up
+    started = time.perf_counter()
+    sync.syncnet_offset(network, crops, audio, config.mel.sample_rate)
+    return time.perf_counter() - started
 
 
 SHIFTS = (0, 2, -2, 4, -4, 8, -8)
@@ -230,12 +248,15 @@ def main() -> None:
             rates = stage_rates(path, config, backend, args.repeats)
             rows.append([name, rates["frames"], *(f"{rates[key]:.0f}" for key in list(rates)[1:])])
     header = ["input", "frames", "decode", "shot detection", "face tracking", "cheap gates", "head pose", "offset"]
-    table = markdown_table([*header, "sharpness", "identity", "process_video", "shard write (stored frames)"], rows)
+    columns = ["sharpness", "identity", "process_video", "shard write (stored frames)", "syncnet offset (speed only)"]
+    table = markdown_table([*header, *columns], rows)
     body = (
         f"Frames/s on one core (median of {args.repeats}), image size {args.image_size}, dlib, detection every "
         f"{config.detect_every} frames; process_video is the whole per-video work of a clip worker (two decodes "
         "when frames are resized for cropping, tracking, cuts, gates, crops, mel, encoding; the shard write is the "
-        "next column, per stored frame).\n\n"
+        "next column, per stored frame). The last column is `--av-method syncnet`'s offset on up to 10 s of the "
+        "crops, its network at random weights (the real file cannot be downloaded here; the cost does not depend "
+        "on the weights, the offset found does, so only the speed is reported).\n\n"
         f"{table}\n"
     )
     grid = sorted(GRID.glob("*.mpg"))
