@@ -288,7 +288,7 @@ class ClipConfig:
         default=0.6,
         metadata={
             "help": "split a segment where the dlib identity embeddings of its faces (one every 2 s, and the last "
-            "frame) differ by more than this, dropping the frames between the two; dlib's same-person threshold "
+            "frame) differ by more than this, on the frame where the person changes; dlib's same-person threshold "
             "is 0.6 (a part too short to store is skipped as identity_change); 0: not checked, which saves dlib's "
             "embeddings, about a third of the work on short segments"
         },
