@@ -93,7 +93,7 @@ def clips_with_test_frames(
     first: dict[str, tuple[int, np.ndarray]] = {}
     tests: dict[str, list[dict[str, Any]]] = {}
     for name in SPLITS:
-        for chunk in iter_split(dest, name, storage_options, damaged=problems):
+        for chunk in iter_split(dest, name, storage_options, damaged=problems, manifest=manifest):
             try:
                 check_chunk(chunk, shapes)
             except ValueError as error:

@@ -35,13 +35,18 @@ def test_artifacts_of_a_local_store_go_beside_it(tmp_path):
     assert local_artifact_location("http://127.0.0.1:5000") is None, "a server decides for itself"
 
 
-def test_a_launch_tags_the_experiment_and_logs_the_config_as_params(tmp_path, monkeypatch):
+def new_launch(tmp_path, monkeypatch) -> tuple:
+    """``(config, run names, manifest, launch)``: all four variants on synthetic shards, in a SQLite store."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     shards = str(tmp_path / "shards")
     manifest = write_synthetic_shards(shards, clips=2, frames_per_clip=20, image_size=32, chunk_frames=10)
     config = TrainConfig(variant="all", data=shards, widths="tiny", max_steps=3).resolve(manifest)
     names = {variant: f"exp-{variant}-20260101-000000" for variant in config.variants}
-    launch = start_launch(config, names, manifest)
+    return config, names, manifest, start_launch(config, names, manifest)
+
+
+def test_a_launch_tags_the_experiment_and_logs_the_config_as_params(tmp_path, monkeypatch):
+    config, names, manifest, launch = new_launch(tmp_path, monkeypatch)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(launch.tracking_uri)
@@ -80,12 +85,7 @@ def test_a_launch_ended_by_an_error_or_a_signal_leaves_no_run_running(tmp_path, 
 
     from discohead.tracking import FAILURE_TAG
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    shards = str(tmp_path / "shards")
-    manifest = write_synthetic_shards(shards, clips=2, frames_per_clip=20, image_size=32, chunk_frames=10)
-    config = TrainConfig(variant="all", data=shards, widths="tiny", max_steps=3).resolve(manifest)
-    names = {variant: f"exp-{variant}-20260101-000000" for variant in config.variants}
-    launch = start_launch(config, names, manifest)
+    config, names, manifest, launch = new_launch(tmp_path, monkeypatch)
     client = MlflowClient(launch.tracking_uri)
     runs = [launch.parent_run_id, *launch.run_ids.values()]
 

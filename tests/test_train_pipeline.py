@@ -7,6 +7,7 @@ with a tiny model at 32 px so that a run takes seconds of compute. The shards co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -198,37 +199,46 @@ def train_worker_pids(root: int) -> list[int]:
     return [pid for pid, title in titles.items() if b"RayTrainWorker" in title and descends(pid)]
 
 
-def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(shards, mlflow_server, tmp_path):
-    storage = tmp_path / "runs"
+@contextlib.contextmanager
+def training_until_checkpoint(command: list[str], mlflow_server: str, tmp_path: Path, storage: Path):
+    """The training job started in its own process group, yielded (with its log's path) once Ray Train's
+    controller has registered a checkpoint; the group is stopped on the way out.
+
+    The controller writes its snapshot when it registers one; a report reaches it up to a health-check
+    interval after the checkpoint's files are written.
+    """
     env = repo_env(MLFLOW_TRACKING_URI=mlflow_server, PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
-    command = [
-        sys.executable, str(SCRIPT), "--variant", "affine-dm", "--data", shards, "--batch-size", "4",
-        "--max-steps", "100",
-        "--log-every", "10", "--checkpoint-every", "10", "--storage", str(storage), "--experiment", "failover",
-        "--max-failures", "2", *TINY_MODEL,
-    ]  # fmt: skip
     log_path = tmp_path / "train.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            # Wait until Ray Train's controller has registered a checkpoint (it writes its
-            # snapshot then); a report reaches it up to a health-check interval after the
-            # checkpoint's files are written.
             wait_until(
                 lambda: any(storage.glob("*/checkpoint_manager_snapshot.json")) or process.poll() is not None,
                 300,
                 "a registered checkpoint",
             )
             assert process.poll() is None, log_path.read_text()[-3000:]
-            pids = train_worker_pids(process.pid)
-            assert pids, "no Ray Train worker process found"
-            os.kill(pids[0], signal.SIGKILL)
-            process.wait(timeout=420)
+            yield process, log_path
         finally:
             stop_process_group(process)
+
+
+def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(shards, mlflow_server, tmp_path):
+    storage = tmp_path / "runs"
+    command = [
+        sys.executable, str(SCRIPT), "--variant", "affine-dm", "--data", shards, "--batch-size", "4",
+        "--max-steps", "100",
+        "--log-every", "10", "--checkpoint-every", "10", "--storage", str(storage), "--experiment", "failover",
+        "--max-failures", "2", *TINY_MODEL,
+    ]  # fmt: skip
+    with training_until_checkpoint(command, mlflow_server, tmp_path, storage) as (process, log_path):
+        pids = train_worker_pids(process.pid)
+        assert pids, "no Ray Train worker process found"
+        os.kill(pids[0], signal.SIGKILL)
+        process.wait(timeout=420)
     output = log_path.read_text()
     assert process.returncode == 0, output[-4000:]
     resumed = [line for line in output.splitlines() if "resuming from step" in line]
@@ -282,29 +292,14 @@ def test_unreadable_samples_are_skipped_and_logged_and_too_many_fail_in_one_line
 def test_a_stopped_job_ends_its_run_killed_with_the_reason_and_resume_finishes_it(shards, mlflow_server, tmp_path):
     """Issue 11, item 10: SIGTERM (what ray job stop sends) used to leave the MLflow run RUNNING forever."""
     storage = tmp_path / "runs"
-    env = repo_env(MLFLOW_TRACKING_URI=mlflow_server, PYTHONUNBUFFERED="1")
-    env.pop("RAY_ADDRESS", None)
     arguments = ["--variant", "tps-dm", "--storage", str(storage), "--experiment", "stopped"]
     command = [
         sys.executable, str(SCRIPT), *arguments, "--data", shards, "--batch-size", "2", "--max-steps", "400",
         "--log-every", "5", "--checkpoint-every", "5", *TINY_MODEL,
     ]  # fmt: skip
-    log_path = tmp_path / "train.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            wait_until(
-                lambda: any(storage.glob("*/checkpoint_manager_snapshot.json")) or process.poll() is not None,
-                300,
-                "a registered checkpoint",
-            )
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            os.kill(process.pid, signal.SIGTERM)  # the driver only, as ray job stop signals its entrypoint
-            process.wait(timeout=120)
-        finally:
-            stop_process_group(process)
+    with training_until_checkpoint(command, mlflow_server, tmp_path, storage) as (process, log_path):
+        os.kill(process.pid, signal.SIGTERM)  # the driver only, as ray job stop signals its entrypoint
+        process.wait(timeout=120)
     (run,) = mlflow_runs(mlflow_server, "stopped")
     assert run.info.status == "KILLED", log_path.read_text()[-3000:]
     assert run.data.tags["discohead.failure"].startswith("stopped by SIGTERM")

@@ -239,13 +239,28 @@ def samples_per_frame(config: ClipConfig) -> int:
     return int(round(config.mel.sample_rate / config.fps))
 
 
-def _piece_waveform(waveform: np.ndarray, piece: Piece, whole: bool, config: ClipConfig) -> np.ndarray:
-    """The piece's stretch of the audio (a whole video keeps its whole waveform, as before segmentation)."""
+def _piece_waveform(waveform: np.ndarray, piece: Piece, whole: bool, config: ClipConfig, shift: int = 0) -> np.ndarray:
+    """The piece's stretch of the audio (a whole video keeps its whole waveform, as before segmentation).
+
+    With ``shift``, the stretch as :func:`~discohead.data.sync.shift_audio` would leave it in
+    the whole recording moved ``shift`` frames earlier (zeros past the recording's ends),
+    read from the piece's own samples: shifting a long video's whole waveform for each
+    segment would copy hours of audio per segment.
+    """
+    step = samples_per_frame(config)
     if whole:
-        return waveform
+        return sync.shift_audio(waveform, shift, step) if shift else waveform
     sample_rate = config.mel.sample_rate
     first = int(round(piece.start / config.fps * sample_rate))
-    return waveform[first : first + int(round(piece.frames / config.fps * sample_rate))]
+    end = min(first + int(round(piece.frames / config.fps * sample_rate)), len(waveform))
+    if not shift:
+        return waveform[first:end]
+    moved = np.zeros(max(end - first, 0), waveform.dtype)
+    start = first + shift * step  # where the stretch's first sample comes from
+    low, high = max(start, 0), min(end + shift * step, len(waveform))
+    if high > low:
+        moved[low - start : high - start] = waveform[low:high]
+    return moved
 
 
 def _gate(record: ClipRecord, values: dict[str, float], config: ClipConfig) -> bool:
@@ -484,9 +499,8 @@ def _process(
             if shift is None:
                 yield ClipResult(record)
                 continue
-        synced = sync.shift_audio(waveform, shift, samples_per_frame(config)) if shift else waveform
         if len(runs) == 1:
-            audio = _piece_waveform(synced, piece, whole, config)
+            audio = _piece_waveform(waveform, piece, whole, config, shift)
             yield _store_piece(record, piece, stored, (crops, crop_landmarks), audio, config, split)
             continue
         extra += len(runs) - 1
@@ -499,7 +513,7 @@ def _process(
                 continue
             kept_frames = part_piece.frames // config.chunk_frames * config.chunk_frames
             window = slice(first, first + kept_frames)
-            audio = _piece_waveform(synced, part_piece, False, config)
+            audio = _piece_waveform(waveform, part_piece, False, config, shift)
             yield _store_piece(
                 part, part_piece, kept_frames, (crops[window], crop_landmarks[window]), audio, config, split
             )

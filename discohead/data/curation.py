@@ -289,10 +289,6 @@ class Gate:
             return f"{self.measure} {value:.4g} {'<' if self.minimum else '>'} {self.flag} {limit:g}"
         return None
 
-    def stricter(self, new: ClipConfig, old: ClipConfig) -> bool:
-        """Whether ``new``'s threshold keeps no segment that ``old``'s skipped."""
-        return self.limit(new) >= self.limit(old) if self.minimum else self.limit(new) <= self.limit(old)
-
 
 GATES = (
     Gate("face_size", "min_face_size", True, "small_face"),
@@ -541,7 +537,7 @@ def refilter_failure(measures: dict[str, float], config: ClipConfig, made_with: 
     without real audio). The offset fails when the job trusted it (under ``made_with``, the
     settings the shards were made with) and it is larger than ``config.max_av_shift``.
     """
-    from .sync import offset_trusted
+    from .sync import offset_trusted  # here, not at the top: sync imports torch, which shard write tasks must not
 
     for gate in GATES:
         if gate.measure in measures:
@@ -569,17 +565,13 @@ def refilter(manifest: Manifest, stricter: dict[str, float], shards_at: str) -> 
     if unknown:
         raise ValueError(f"refilter cannot change {', '.join(unknown)}: only the gates' thresholds and max_av_shift")
     config = dataclasses.replace(old, **stricter)  # range-checked as any ClipConfig
-    for gate in GATES:
-        if gate.field in stricter and not gate.stricter(config, old):
+    bounds = [(gate.flag, gate.limit(config), gate.limit(old), gate.minimum) for gate in GATES]
+    for flag, new, made_with, minimum in [*bounds, ("--max-av-shift", config.max_av_shift, old.max_av_shift, False)]:
+        if (new < made_with) if minimum else (new > made_with):
             raise ValueError(
-                f"{gate.flag} {gate.limit(config):g} is looser than the {gate.limit(old):g} the shards were made with: "
+                f"{flag} {new:g} is looser than the {made_with:g} the shards were made with: "
                 "segments it would keep were never stored; rerun pipelines/preprocess.py with it"
             )
-    if config.max_av_shift > old.max_av_shift:
-        raise ValueError(
-            f"--max-av-shift {config.max_av_shift} is looser than the {old.max_av_shift} the shards were made with: "
-            "segments it would keep were never stored; rerun pipelines/preprocess.py with it"
-        )
     kept, dropped = [], []
     for clip in manifest.clips:
         failure = refilter_failure(clip.measures, config, old)

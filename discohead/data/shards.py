@@ -486,17 +486,22 @@ raise ValueError, a missing member KeyError, storage OSError; the reader ShardFo
 
 
 def iter_split(
-    dest: str, split: str, storage_options: dict[str, Any] | None = None, damaged: list[str] | None = None
+    dest: str,
+    split: str,
+    storage_options: dict[str, Any] | None = None,
+    damaged: list[str] | None = None,
+    manifest: Manifest | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Decoded samples of one split, in manifest order (a view's: only its own clips').
 
     With ``damaged`` (a list), a sample or shard that cannot be read is passed over and
     described there in one line starting with the shard's name (and ``sample KEY`` for a
-    sample), instead of raising.
+    sample), instead of raising. ``manifest``, when the caller holds DEST's already, saves
+    reading it again.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    manifest = Manifest.read(dest, storage_options)
+    manifest = manifest or Manifest.read(dest, storage_options)
     fs, root = filesystem_for(manifest.shard_root(dest), storage_options)
     keep = manifest.clip_filter
     for shard in manifest.shards[split]:
