@@ -531,10 +531,11 @@ def fit(
                     if test_inputs is not None:
                         metrics.update(evaluate_batch(core, test_inputs)[0])
                     report.log(step, metrics)
+                    psnr = f"psnr {metrics['psnr']:.2f}  " if "psnr" in metrics else ""  # measured on test pairs only
+                    eta = format_eta(seconds_per_step, max_steps - step)
                     print(
-                        f"[train {config.variant}] step {step}/{max_steps}  loss {metrics['loss_total']:.4f}  "
-                        f"psnr {metrics.get('psnr', float('nan')):.2f}  {metrics['samples_per_second']:.1f} samples/s  "
-                        f"ETA {format_eta(seconds_per_step, max_steps - step)}",
+                        f"[train {config.variant}] step {step}/{max_steps}  loss {metrics['loss_total']:.4f}  {psnr}"
+                        f"{metrics['samples_per_second']:.1f} samples/s  ETA {eta}",
                         flush=True,
                     )
                 started, steps_timed = time.perf_counter(), 0

@@ -11,12 +11,14 @@ from collections.abc import Callable
 
 from discohead.errors import UsageError
 from discohead.storage import shared_storage_problem
+from pipelines.console import quiet
 
 __all__ = ["UsageError", "refuse_node_local_paths", "run_job"]
 
 
 def run_job(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a job; a user's mistake ends it with one line and exit code 2, not a traceback."""
+    quiet(getattr(args, "verbose", False))  # before MLflow or Ray print anything
     try:
         return run(args)
     except UsageError as error:  # raised in a Ray task (one variant of --variant all), Ray wraps it: its cause

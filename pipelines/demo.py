@@ -1,6 +1,6 @@
 """The main job on embedded defaults: synthetic videos -> preprocessing -> training of all four variants.
 
-    python pipelines/demo.py [--workdir outputs/demo] [--clips 6] [--steps 40]
+    python pipelines/demo.py [--workdir outputs/demo] [--clips 6] [--steps 40] [-v]
 
 What `./run` runs on a fresh machine. It writes a few SYNTHETIC talking-head videos
 (drawn cartoon faces with a tone for speech, see discohead/data/synthetic.py: they
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from discohead.data.synthetic import SyntheticClip, write_synthetic_video
 from discohead.tracking import local_artifact_location
+from pipelines.console import add_verbose_flag
 
 PIPELINES = Path(__file__).resolve().parent
 
@@ -43,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="outputs/demo", help="where videos, shards, checkpoints and mlflow.db go")
     parser.add_argument("--clips", type=int, default=6, help="synthetic videos to generate")
     parser.add_argument("--steps", type=int, default=40, help="training steps per variant")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    loud = ["--verbose"] if args.verbose else []
 
     workdir = Path(args.workdir).resolve()
     videos, shards, runs = workdir / "videos", workdir / "shards", workdir / "runs"
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             "dlib",
             "--split-mode",
             "time",
+            *loud,
         ],
         env,
     )
@@ -83,16 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         "Training all four variants",
         [python, str(PIPELINES / "train.py"), "--variant", "all", "--data", str(shards), "--widths", "narrow",
          "--max-steps", str(args.steps), "--batch-size", "8", "--lr", "3e-4", "--perceptual-weight", "0",
-         "--log-every", "10", "--checkpoint-every", str(args.steps), "--storage", str(runs), "--experiment", "demo",
-         "--evaluate-clips", "1"],
+         "--log-every", "20", "--checkpoint-every", str(args.steps), "--storage", str(runs), "--experiment", "demo",
+         "--evaluate-clips", "1", *loud],
         env,
     )  # fmt: skip
     uri = env["MLFLOW_TRACKING_URI"]
     artifacts = local_artifact_location(uri) or "on the tracking server"
+    mlflow = Path(sys.executable).with_name("mlflow")  # the venv's, on PATH or not
+    mlflow = mlflow.relative_to(Path.cwd()) if mlflow.is_relative_to(Path.cwd()) else mlflow
     print(
         f"\nDemo finished.\n  shards and manifest: {shards}\n  checkpoints:         {runs}\n"
         f"  MLflow runs:         {uri} (experiment 'demo'; artifacts {artifacts})\n"
-        f"  compare them:        mlflow ui --backend-store-uri {uri}\n"
+        f"  compare them:        {mlflow} ui --backend-store-uri {uri}   (http://127.0.0.1:5000)\n"
         "The videos were synthetic; run the same two jobs on your own videos next (README)."
     )
     return 0

@@ -16,7 +16,6 @@ import argparse
 import csv
 import io
 import math
-import os
 import sys
 import time
 from typing import Any
@@ -39,6 +38,7 @@ from discohead.storage import filesystem_for, publish_bytes, s3_options
 from discohead.tracking import load_checkpoint, log_evaluation, run_id_for, tracking_uri
 from discohead.train_config import TrainConfig
 from pipelines.cli import UsageError, refuse_node_local_paths, run_job
+from pipelines.console import add_job_flags, init_ray
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a local --output and MLflow store are on a file system every Ray node mounts",
     )
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)")
-    parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    add_job_flags(parser)
     args = parser.parse_args(argv)
     try:  # out-of-range values stop here, before Ray starts, not in the evaluation tasks
         check_range("--max-clips", args.max_clips, 1)
@@ -138,7 +138,7 @@ def table(results: dict[str, EvaluationResult]) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     checkpoints, clips = prepare(args)  # every check before Ray starts
-    ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+    init_ray(args.ray_address, args.verbose)
     refuse_node_local_paths({"--output": args.output}, None if args.no_mlflow else tracking_uri(), args.shared_storage)
     evaluate_models(args, checkpoints, clips)
     return 0
@@ -209,34 +209,58 @@ def evaluate_models(
         zip(args.model, ray.get([task.remote(checkpoint, shared, args) for checkpoint in checkpoints.values()]))
     )
     markdown, rows = table(results)
-    print(f"\n[evaluate] {args.split} split of {args.data} ({time.perf_counter() - started:.0f}s):\n\n{markdown}")
+    elapsed = f"{args.split} split of {args.data} ({time.perf_counter() - started:.0f}s)"
+    if labels := getattr(args, "labels", None):  # the training job's --evaluate: a line per model, the table in a file
+        print(f"[evaluate] {elapsed}:")
+        for ref, result in results.items():
+            print(f"[evaluate {labels.get(ref, ref)}] {summary(result)}")
+        if unavailable := sorted({name for result in results.values() for name in result.unavailable}):
+            print(f"[evaluate] unavailable without their weights (results.md says where): {', '.join(unavailable)}")
+    else:
+        print(f"\n[evaluate] {elapsed}:\n\n{markdown}")
 
     fs, root = filesystem_for(args.output, s3_options(args.output, args.s3_endpoint))
     fs.makedirs(root, exist_ok=True)
     publish_bytes(markdown.encode(), fs, f"{root}/results.md")
     publish_bytes(rows.encode(), fs, f"{root}/results.csv")
     print(f"[evaluate] wrote {args.output.rstrip('/')}/results.md and results.csv")
+    logged = []
     for ref, result in results.items():
         run_id = None if args.no_mlflow else run_id_for(ref)
         if run_id:
             log_evaluation(run_id, result.flat(args.split), result.unavailable, result.grid, args.split)
-            print(f"[evaluate] {ref}: logged eval/{args.split}/* to MLflow run {run_id} ({tracking_uri()})")
+            logged.append(run_id)
+            if not labels:
+                print(f"[evaluate] {ref}: logged eval/{args.split}/* to MLflow run {run_id} ({tracking_uri()})")
         else:
             print(f"[evaluate] {ref}: a checkpoint path, not an MLflow run: nothing logged to MLflow")
+    if labels and logged:
+        print(f"[evaluate] logged eval/{args.split}/* to the {len(logged)} MLflow run(s) ({tracking_uri()})")
     return results
 
 
-def evaluate_runs(config: TrainConfig, run_ids: dict[str, str], output: str) -> dict[str, EvaluationResult]:
+def summary(result: EvaluationResult) -> str:
+    """One line of a model's scores, the copy baseline's PSNR beside its own."""
+    model, copy = result.systems["model"], result.systems["copy"]
+    shown = [f"{name} {model[name]:.4g}" for name in METRICS if name in model and name not in result.unavailable]
+    shown[0] += f" (copying the driver: {copy['psnr']:.4g})" if shown and shown[0].startswith("psnr") else ""
+    return ", ".join(shown) or "no metric available"
+
+
+def evaluate_runs(
+    config: TrainConfig, run_ids: dict[str, str], output: str, verbose: bool = False
+) -> dict[str, EvaluationResult]:
     """The training job's ``--evaluate``: its runs on the test split of its data, with its Ray."""
     models = [item for run_id in run_ids.values() for item in ("--model", run_id)]
     clips = ["--max-clips", str(config.evaluate_clips)] if config.evaluate_clips else []
     endpoint = ["--s3-endpoint", config.s3_endpoint] if config.s3_endpoint else []
-    args = parse_args([*models, "--data", config.data, "--output", output, *clips, *endpoint])
+    loud = ["--verbose"] if verbose else []
+    args = parse_args([*models, "--data", config.data, "--output", output, *clips, *endpoint, *loud])
+    args.labels = {run_id: variant for variant, run_id in run_ids.items()}  # a line per variant, not the table
     return evaluate_models(args, *prepare(args))
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per model, not per file
     return run_job("evaluate", run, parse_args(argv))
 
 

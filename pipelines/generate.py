@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 from typing import Any
 
@@ -27,6 +26,7 @@ from discohead.cli import add_generation_flags, default_device, load_reference
 from discohead.generation import Generator, generate_job, read_jobs
 from discohead.storage import filesystem_for, publish_bytes, s3_options
 from pipelines.cli import UsageError, run_job
+from pipelines.console import add_job_flags, init_ray
 
 REPORT_COLUMNS = ("row", "name", "status", "output", "frames", "seconds", "reason")
 
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output", required=True, metavar="DEST", help="folder or s3:// prefix for the mp4s")
     parser.add_argument("--concurrency", type=int, default=None, help="model replicas (default: GPUs, else CPUs)")
-    parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    add_job_flags(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1 or (args.concurrency is not None and args.concurrency < 1):
         parser.error("--batch-size and --concurrency must be at least 1")
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = read_jobs(fs.read_text(path), args.jobs)
     checkpoint = load_reference(args.model, args.s3_endpoint)
     Generator.from_checkpoint(checkpoint)  # a checkpoint the workers cannot use fails here, in one line
-    ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+    init_ray(args.ray_address, args.verbose)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = int(ray.cluster_resources().get("CPU", 1))
     # Without GPUs, one CPU stays free for Ray Data's own tasks; all taken by actors, the job would wait forever.

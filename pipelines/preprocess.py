@@ -43,6 +43,7 @@ from discohead.pretrained import PretrainedWeightsUnavailable
 from discohead.storage import filesystem_for, s3_options
 from discohead.tracking import DataRun, flat_params, requested_tracking_uri, without_credentials
 from pipelines.cli import UsageError, run_job
+from pipelines.console import add_job_flags, init_ray
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,11 +100,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="take DEST's lock from a job that is gone (its process ended, or no heartbeat for 15 min)",
     )
     parser.add_argument(
-        "--ray-address",
-        default=None,
-        help="Ray cluster to join (default: RAY_ADDRESS, set by `ray job submit`; else a new local Ray)",
-    )
-    parser.add_argument(
         "--tracking-uri",
         default=None,
         help="MLflow tracking URI to log the run's settings, dataset statistics and stats.json/stats.png to "
@@ -114,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="discohead-preprocess",
         help="MLflow experiment of that run (default: discohead-preprocess)",
     )
+    add_job_flags(parser)
     flags.add_flags(parser.add_argument_group("shard settings (recorded in the manifest)"), ClipConfig)
     args = parser.parse_args(argv)
     try:
@@ -373,7 +370,7 @@ def write_dest(args: argparse.Namespace, lock: DestLock, tracking: DataRun) -> i
         print(f"[preprocess] --overwrite: deleted {len(removed)} files of earlier runs from {args.output}")
     commits = read_commits(fs, root)  # before Ray starts: a damaged DEST is refused at once
 
-    ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+    init_ray(args.ray_address, args.verbose)
     cpus = ray.cluster_resources().get("CPU", 1)
     backend_name = resolve_backend(args.landmarks)
     digest = config_hash(settings_json(config, backend_name))

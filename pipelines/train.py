@@ -33,6 +33,7 @@ from discohead.tracking import MlflowReporter, model_example, run_failure, start
 from discohead.train_config import TrainConfig, launch_config
 from discohead.training import TooManyBadSamples, chunk_shapes, fit, fixed_pairs, shard_rows, training_chunks
 from pipelines.cli import UsageError, refuse_node_local_paths, run_job
+from pipelines.console import add_job_flags, init_ray
 from pipelines.evaluate import evaluate_runs
 
 
@@ -41,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     flags.add_flags(parser, TrainConfig)
     resume = "continue the latest run of this experiment and variant from its last checkpoint and saved config"
     parser.add_argument("--resume", action="store_true", help=resume + " (flags given override it)")
-    parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    add_job_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -59,13 +60,11 @@ def configure(args: argparse.Namespace) -> tuple[TrainConfig, Manifest, dict[str
     return config, manifest, names
 
 
-def connect_ray(config: TrainConfig, address: str | None) -> None:
+def connect_ray(config: TrainConfig, address: str | None, verbose: bool = False) -> None:
     """Join the cluster or start a local Ray; refuse too few CPUs or GPUs, and one node's paths on several nodes."""
-    if address := address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        needed = int(np.ceil(config.cpus_per_worker * config.num_workers * len(config.variants) + 2))
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), logging_level="WARNING")
+    address = address or os.environ.get("RAY_ADDRESS")
+    needed = int(np.ceil(config.cpus_per_worker * config.num_workers * len(config.variants) + 2))
+    init_ray(address, verbose, **({} if address else {"num_cpus": max(os.cpu_count() or 1, needed)}))
     cpus, gpus = ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0)
     group = {"CPU": config.cpus_per_worker * config.num_workers, "GPU": config.num_workers * config.use_gpu}
     if address and (gpus < 1 if config.use_gpu else cpus < group["CPU"]):  # an autoscaler adds nodes on demand
@@ -164,7 +163,7 @@ fit_variant_task = ray.remote(num_cpus=0)(fit_variant)
 
 def run(args: argparse.Namespace) -> int:
     config, manifest, names = configure(args)
-    connect_ray(config, args.ray_address)
+    connect_ray(config, args.ray_address, args.verbose)
     launch = start_launch(config, names, manifest, resume=args.resume)
     with launch:  # a failure, Ctrl-C or SIGTERM (ray job stop) ends the runs FAILED or KILLED, with the reason
         where = f"MLflow {launch.tracking_uri}, experiment {config.experiment!r}, artifacts in {launch.artifact_root()}"
@@ -179,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         for variant, name in names.items():
             size = f"{config.steps} steps, {config.num_workers} worker(s), batch {config.batch_size}"
             print(f"[train] {variant}: run {name}, MLflow run {launch.run_ids[variant]}, {size}", flush=True)
+        print(f"[train] starting the workers; each variant prints a line every {config.log_every} steps", flush=True)
         if len(launches) == 1:
             paths = [fit_variant(*launches[0])]
         else:
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     for variant, path in zip(names, paths):
         print(f"  {variant:<10} MLflow run {launch.run_ids[variant]}  checkpoint {path}")
     if config.evaluate and manifest.shards["test"]:  # the paper's metrics on each run, for MLflow's compare view
-        evaluate_runs(config, launch.run_ids, output=f"{config.storage.rstrip('/')}/{min(names.values())}-eval")
+        evaluate_runs(config, launch.run_ids, f"{config.storage.rstrip('/')}/{min(names.values())}-eval", args.verbose)
     return 0
 
 

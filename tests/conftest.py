@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -411,3 +412,19 @@ def rewrite_tar(path, change) -> None:
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+
+
+RAY_INTERNALS = re.compile(
+    r"\(raylet\)|pid=\d+|\[repeated \d+x|core_worker\.cc|Downloading artifacts|DeprecationWarning|UserWarning"
+    r"|WARNING \S+\.py:\d+ --|INFO \S+\.py:\d+ --|INFO mlflow"
+)
+"""What Ray and MLflow print of their own; a quiet job's output has none of it."""
+
+
+def assert_quiet(output: str) -> None:
+    """No line of Ray's or MLflow's own, and no tagged line twice (shared by the job tests)."""
+    internal = [line for line in output.splitlines() if RAY_INTERNALS.search(line)]
+    assert not internal, "\n".join(internal[:10])
+    tagged = [line for line in output.splitlines() if re.match(r"\[(preprocess|train|evaluate|generate)\b", line)]
+    twice = sorted({line for line in tagged if tagged.count(line) > 1})
+    assert not twice, twice

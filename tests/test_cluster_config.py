@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -110,24 +109,11 @@ def test_iam_policies_reach_the_bucket_and_this_clusters_instances_only(cluster)
     assert {"ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateTags", "ec2:DescribeInstances"} <= actions(head)
 
 
-def test_nodes_install_the_lock_which_pins_every_dependency_within_pyproject(cluster):
-    from packaging.requirements import Requirement
-
+def test_nodes_install_the_lock_with_the_uv_it_pins(cluster):
+    """What the lock holds and that every install reads it: tests/test_install.py."""
     setup = " ".join(cluster["setup_commands"])
-    assert "-r ~/discohead/infra/requirements.lock" in setup and "--no-deps ~/discohead" in setup
+    assert "--require-hashes ~/discohead/infra/requirements.lock" in setup and "--no-deps ~/discohead" in setup
     assert re.search(r"uv==\d+\.\d+\.\d+", setup)
-    pins = {}
-    for line in (INFRA / "requirements.lock").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
-    declared = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    for text in declared:
-        requirement = Requirement(text)
-        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
-        pinned = name in pins and requirement.specifier.contains(pins[name], prereleases=True)
-        assert pinned, f"{text} is not pinned in infra/requirements.lock: run .venv/bin/python infra/lock.py"
-    assert not {"pytest", "moto", "ruff"} & set(pins), "test tools stay off the cluster"
 
 
 def ray_cluster_specs() -> list[tuple[str, dict]]:
@@ -181,7 +167,7 @@ def test_the_image_recipe_pins_its_base_its_python_and_the_lock():
     instructions = [line for line in dockerfile.splitlines() if line and not line.startswith("#")]
     assert re.match(r"FROM nvidia/cuda:\d+\.\d+\.\d+-\S+$", instructions[0])
     assert re.search(r"COPY --from=ghcr.io/astral-sh/uv:\d+\.\d+\.\d+ ", dockerfile)
-    assert "uv python install 3.11" in dockerfile and "-r /tmp/requirements.lock" in dockerfile
+    assert "uv python install 3.11" in dockerfile and "--require-hashes /tmp/requirements.lock" in dockerfile
     assert "get_ffmpeg_exe()" in dockerfile, "the ffmpeg the jobs call is checked at build time"
     assert "wget" in dockerfile, "KubeRay's probes call wget"
     assert re.search(r"^USER (?!root|0\b)\S+", dockerfile, re.M), "Ray runs as an unprivileged user"

@@ -22,7 +22,7 @@ from discohead.data.shards import COMMITS_DIR, iter_shard, iter_split
 from discohead.manifest import Manifest
 from discohead.storage import filesystem_for
 
-from conftest import EXPECTED_OUTCOMES, REPO_ROOT, S3_SECRET, repo_env, venv_binary
+from conftest import EXPECTED_OUTCOMES, RAY_INTERNALS, REPO_ROOT, S3_SECRET, assert_quiet, repo_env, venv_binary
 
 pytestmark = pytest.mark.slow
 
@@ -74,9 +74,13 @@ def test_direct_run_records_every_input_and_resumes(synthetic_media, tmp_path):
     assert len(train) + len(test) == sum(sum(clip.chunks.values()) for clip in manifest.clips)
     assert train[0]["frames"].shape[1:] == (64, 64, 3)
     assert "clips written" in first.stdout and "frames/s" in first.stdout
+    assert_quiet(first.stdout + first.stderr)  # a line per clip, once, and none of Ray's own
+    missing = [clip.clip_id for clip in manifest.clips if f"[preprocess] {clip.clip_id}: " not in first.stdout]
+    assert not missing, f"no progress line for {missing}"
 
-    again = preprocess("--input", str(media), "--output", str(dest), *FAST)
+    again = preprocess("--input", str(media), "--output", str(dest), *FAST, "--verbose")
     assert again.returncode == 0 and f"{len(EXPECTED_OUTCOMES)} already done" in again.stdout
+    assert RAY_INTERNALS.search(again.stdout + again.stderr), "--verbose brings Ray's own lines back"
     assert [clip.clip_id for clip in Manifest.read(str(dest)).clips] == [clip.clip_id for clip in manifest.clips]
 
     changed = preprocess("--input", str(media), "--output", str(dest), "--image-size", "32", "--landmarks", "dlib")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, repo_env, stop_process_group, venv_binary, wait_until
+from conftest import REPO_ROOT, assert_quiet, repo_env, stop_process_group, venv_binary, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +67,7 @@ def test_two_workers_train_on_different_samples(shards, mlflow_server, tmp_path)
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "step 4/4" in result.stdout + result.stderr
+    assert_quiet(result.stdout + result.stderr)  # each step, checkpoint and evaluation line once; no Ray internals
     (run,) = mlflow_runs(mlflow_server, "two-workers")
     from mlflow.tracking import MlflowClient
 
@@ -144,6 +145,7 @@ def test_all_variants_give_four_comparable_runs(shards, mlflow_server, tmp_path)
     )
 
 
+@pytest.mark.learning
 def test_loss_decreases_and_resume_continues_the_step_count(shards, mlflow_server, tmp_path):
     common = [
         "--variant", "tps-nm", "--data", shards, "--batch-size", "4", "--lr", "1e-3", "--log-every", "5",
@@ -281,8 +283,8 @@ def test_unreadable_samples_are_skipped_and_logged_and_too_many_fail_in_one_line
         "[train] error: 1 of the 8 training samples are unreadable, more than --max-bad-samples 0.01 allows: "
         "preprocess the data again (the MLflow run's bad_samples/* metrics name the shards) or raise --max-bad-samples"
     ), output[-3000:]
-    readers = {line.split("pid=")[1].split(")")[0] for line in output.splitlines() if "skipped 1 unreadable" in line}
-    assert len(readers) == 1, "no retry: one worker read the shard, no worker group was started again"
+    readers = [line for line in output.splitlines() if "skipped 1 unreadable" in line]
+    assert len(readers) == 1, "no retry: one worker read the shard once, no worker group was started again"
     assert time.monotonic() - started < 180
     (run,) = mlflow_runs(mlflow_server, "bad-beyond")
     assert run.info.status == "FAILED" and "1 of the 8 training samples" in run.data.tags["discohead.failure"]

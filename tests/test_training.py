@@ -58,6 +58,7 @@ def test_model_inputs_mask_the_eye_region_and_resize():
         model_inputs(pairs, image_size=64)
 
 
+@pytest.mark.learning
 def test_train_steps_reduce_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -98,7 +99,7 @@ def test_pair_batches_have_the_requested_size_and_drop_the_remainder():
     assert set(drivers // 10) <= {0, 1, 2}
 
 
-def test_fit_trains_and_resumes_from_its_checkpoint_without_ray():
+def test_fit_trains_and_resumes_from_its_checkpoint_without_ray(capsys):
     import dataclasses
 
     from discohead.data.synthetic_shards import synthetic_chunks
@@ -129,6 +130,9 @@ def test_fit_trains_and_resumes_from_its_checkpoint_without_ray():
     assert sorted(first.keys) == sorted(chunk["key"] for chunk in chunks), "one pass reads every chunk once"
     state = first.checkpoints[2]
     assert (state["step"], state["epoch"], state["batches_in_epoch"]) == (2, 0, 2) and state["optimizer"]["state"]
+    progress = [line for line in capsys.readouterr().out.splitlines() if " step " in line]
+    assert len(progress) == 4 and progress[0].startswith("[train affine-nm] step 1/4  loss ")
+    assert not any("psnr" in line or "nan" in line for line in progress), "no test pairs: no PSNR, and no nan"
 
     resumed = Recorder()
     fit(

@@ -262,3 +262,41 @@ def join_videos(
         .run(cmd=ffmpeg_executable(), capture_stdout=True, capture_stderr=True)
     )
     return Path(path)
+
+
+def cartoon_chunks(seeds: range, image_size: int, seconds: float = 4.0) -> list[dict[str, np.ndarray]]:
+    """Training chunks of cartoon talking faces (mouths that open with the loudness of speech-like audio), cropped
+    as the preprocessing job would: one box per clip (they barely move), dlib landmarks, 50-frame chunks.
+
+    What the generation tests and the mouth benchmark train a tiny model on (``bench/bench_mouth.py``).
+    """
+    import torch
+
+    from ..audio import clip_windows
+    from ..contracts import FPS, eye_box_from_landmarks
+    from .crop import crop_and_resize, crop_boxes, landmarks_to_crop
+    from .landmarks import DlibLandmarks
+
+    backend = DlibLandmarks()
+    chunks = []
+    for seed in seeds:
+        clip = SyntheticClip(seconds=seconds, seed=seed)
+        waveform, envelope = speech_like_audio(seconds, clip.sample_rate, seed)
+        frames = render_frames(clip, envelope)
+        landmarks = max(backend.faces(frames[0]), key=lambda face: face.area).landmarks[None]
+        box = crop_boxes(landmarks, clip.width, clip.height, 0.0)
+        crops = np.stack([crop_and_resize(frame, box[0], image_size) for frame in frames])
+        in_crop = torch.from_numpy(landmarks_to_crop(landmarks, box, image_size))
+        eye_box = eye_box_from_landmarks(in_crop, image_size).numpy()
+        mel = clip_windows(torch.from_numpy(waveform), len(frames), FPS).numpy()
+        for first in range(0, len(frames) - 49, 50):
+            part = slice(first, first + 50)
+            chunks.append(
+                {
+                    "key": f"cartoon-{seed}-{first}",
+                    "frames": crops[part],
+                    "mel": mel[part].astype(np.float16),
+                    "eye_boxes": np.repeat(eye_box, 50, axis=0),
+                }
+            )
+    return chunks
