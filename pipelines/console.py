@@ -9,19 +9,19 @@ dedup. ``quiet`` turns those off with each library's own switch:
 
 - Ray's driver logger (``ray.init(logging_level=...)``) and Ray Data's console handler to ERROR,
   Ray Data's progress output off (``DataContext.enable_progress_bars``);
-- the driver's C++ core-worker log to fatal (``RAY_BACKEND_LOG_LEVEL``; it reads it at start-up);
 - MLflow's loggers to WARNING and its artifact download bars off
   (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``); SQLAlchemy's migration notices (alembic) likewise;
 - Python's warnings for what libraries deprecate or advise (filters below).
 
 What no switch does: Ray forwards every worker's stdout and stderr to the driver (its own
 warnings included), with a ``(Name pid=N)`` prefix and dedup that folds lines of different
-workers into "[repeated 4x]". ``forward_worker_lines`` replaces the driver's printer for those
-lines with one that prints a worker's tagged lines once each, without the prefix, and drops the
-rest (a line a worker printed twice, as Ray Train's print patch does when MLflow or colorama wrap
-stdout, is printed once); ``--verbose`` keeps Ray's printer. It hooks Ray's log dispatcher (``ray._private``, the
-public ``log_to_driver`` is all or nothing), pinned by the lock at Ray 2.60; should that module
-change, the job keeps Ray's printer and says so once.
+workers into "[repeated 4x]". ``forward_worker_lines`` swaps the driver's printer for those lines
+(``ray._private.worker.print_to_stdstream``; the public ``log_to_driver`` is all or nothing) for
+one that prints a worker's tagged lines once each, without the prefix, and drops the rest (a line
+a worker printed twice, as Ray Train's print patch does when MLflow or colorama wrap stdout, is
+printed once); Ray 2.60 is pinned by the lock, and a Ray without that function keeps its own
+printer and says so once. The driver's C++ core worker writes its log to fd 2 directly:
+``filter_native_stderr`` drops those lines (fatal ones pass). With ``--verbose`` none of this is done.
 
 Errors are never hidden: a failed task or worker raises on the driver, which prints its one-line
 reason (``pipelines.cli.run_job``) or its traceback.
@@ -87,8 +87,7 @@ def init_ray(address: str | None, verbose: bool, **kwargs: Any) -> None:
     import ray
     import ray.data
 
-    quiet(verbose)
-    if not verbose:
+    if not verbose:  # quiet() ran already: pipelines.cli.run_job calls it before the job starts
         filter_native_stderr()
         forward_worker_lines()
     address = address or os.environ.get("RAY_ADDRESS") or "local"
