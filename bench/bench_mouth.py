@@ -1,6 +1,7 @@
 """Does a briefly trained model's mouth follow the speech? Per seed and per CPU kernel set.
 
     .venv/bin/python bench/bench_mouth.py [--seeds 0 1 2] [--steps 1000]      # about 2 minutes a run on 2 cores
+    .venv/bin/python bench/bench_mouth.py --readouts last centre --kernels native --seeds 0 1 2 3 4
 
 The generation test used to assert it of one training run (seed 0): the tiny model at 64 px trained
 1000 steps on cartoon faces (discohead.data.synthetic.cartoon_chunks), then ``discohead generate`` of
@@ -8,7 +9,9 @@ a still cartoon face driven by 5 s of speech-like audio, and the mouth box's cha
 per-pixel standard deviation of the decoded frames, averaged over the box) above 4.0 levels and above
 3x the rest of the face. Whether that holds is what training reached, which depends on the seed and on
 the floating-point order of the CPU's kernels (``ATEN_CPU_CAPABILITY``): this measures it for each pair,
-each run in its own process, and appends the table to docs/benchmarks.md. Issue #19 is the fix.
+each run in its own process, and appends the table to docs/benchmarks.md. Issue #19 is the fix;
+``--readouts`` compares where the audio encoder reads its window (``DisCoHeadConfig.audio_readout``) on
+the same seeds.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ KERNELS = ("native", "avx2", "default")
 SIZE, FPS, SPEECH_SECONDS = 64, 25, 5.0
 
 
-def one_run(seed: int, steps: int) -> dict[str, float]:
+def one_run(seed: int, steps: int, readout: str) -> dict[str, float]:
     """Train with ``seed``, generate, measure; what the old test asserted, as numbers."""
     import torch
     from PIL import Image
@@ -45,6 +48,7 @@ def one_run(seed: int, steps: int) -> dict[str, float]:
     config = TrainConfig(
         variant="affine-nm", data="memory", widths="tiny", image_size=SIZE, batch_size=8, lr=5e-4, max_steps=steps,
         perceptual_weight=0.0, log_every=steps, checkpoint_every=steps, seed=seed,
+        model_options={"audio_readout": readout},
         preprocessing={**preprocessing.to_json(), "landmarks": "dlib"},
     )  # fmt: skip
     model = fit(config, in_memory_chunks(cartoon_chunks(range(6), SIZE), 1))
@@ -75,26 +79,32 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
+    parser.add_argument("--readouts", nargs="+", choices=("last", "centre"), default=["last"])
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child run: one seed, this process's kernels
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(one_run(args.one, args.steps)))
+        print(json.dumps(one_run(args.one, args.steps, args.readouts[0])))
         return 0
 
     rows = []
-    for kernels in KERNELS:
-        env = {key: value for key, value in os.environ.items() if key != "ATEN_CPU_CAPABILITY"}
-        if kernels != "native":
-            env["ATEN_CPU_CAPABILITY"] = kernels
-        for seed in args.seeds:
-            child = [sys.executable, __file__, "--one", str(seed), "--steps", str(args.steps)]
-            result = subprocess.run(child, env=env, capture_output=True, text=True, check=True)
-            measured = json.loads(result.stdout.strip().splitlines()[-1])
-            held = measured["mouth_change"] > 4.0 and measured["ratio"] > 3.0
-            rows.append([kernels, seed, f"{measured['mouth_change']:.2f}", f"{measured['rest_change']:.2f}",
-                         f"{measured['ratio']:.1f}", "yes" if held else "no"])  # fmt: skip
-            print(" | ".join(str(cell) for cell in rows[-1]), flush=True)
-    header = ["kernels (ATEN_CPU_CAPABILITY)", "seed", "mouth change", "rest change", "ratio", "old test's claim holds"]
+    for readout in args.readouts:
+        for kernels in args.kernels:
+            env = {key: value for key, value in os.environ.items() if key != "ATEN_CPU_CAPABILITY"}
+            if kernels != "native":
+                env["ATEN_CPU_CAPABILITY"] = kernels
+            for seed in args.seeds:
+                child = [sys.executable, __file__, "--one", str(seed), "--steps", str(args.steps)]
+                child += ["--readouts", readout]
+                result = subprocess.run(child, env=env, capture_output=True, text=True, check=True)
+                measured = json.loads(result.stdout.strip().splitlines()[-1])
+                held = measured["mouth_change"] > 4.0 and measured["ratio"] > 3.0
+                numbers = [f"{measured[key]:.2f}" for key in ("mouth_change", "rest_change")]
+                numbers.append(f"{measured['ratio']:.1f}")
+                rows.append([readout, kernels, seed, *numbers, "yes" if held else "no"])
+                print(" | ".join(str(cell) for cell in rows[-1]), flush=True)
+    header = ["audio readout", "kernels (ATEN_CPU_CAPABILITY)", "seed", "mouth change", "rest change", "ratio",
+              "old test's claim holds"]  # fmt: skip
     table = markdown_table(header, rows)
     held = sum(row[-1] == "yes" for row in rows)
     note = (

@@ -151,6 +151,10 @@ def run(command: list[str], **kwargs) -> None:
     subprocess.run(command, check=True, **kwargs)
 
 
+CONTROL_COLUMNS = ("audio_gain", "eye_gain", "audio_focus", "eye_focus")
+"""Does the model use its audio and eye inputs (discohead.evaluation's module doc)."""
+
+
 def learning(args: argparse.Namespace) -> None:
     if not GRID.is_dir():
         sys.exit(f"GRID sample clips not found at {GRID}: the learning benchmark needs ../shared/data/grid")
@@ -198,19 +202,21 @@ def learning(args: argparse.Namespace) -> None:
     rows = []
     for checkpoint in sorted(storage.glob("learning-affine-nm-*/step-*/discohead.pt")):
         scores = evaluate_reconstruction(DisCoHead.from_checkpoint(checkpoint), str(data))
+        controls = [f"{scores[name]:.3f}" if name in scores else "-" for name in CONTROL_COLUMNS]
         rows.append(
             [
                 f"DisCoHead affine-nm, step {int(checkpoint.parent.name.split('-')[1])}",
                 f"{scores['model_psnr']:.2f}",
                 f"{scores['model_ssim']:.3f}",
+                *controls,
             ]
         )
     rows += [
-        [name, f"{scores[f'{key}_psnr']:.2f}", f"{scores[f'{key}_ssim']:.3f}"]
+        [name, f"{scores[f'{key}_psnr']:.2f}", f"{scores[f'{key}_ssim']:.3f}", *["" for _ in CONTROL_COLUMNS]]
         for name, key in (("source copied", "copy"), ("source warped by the final head motion", "warp"))
     ]
     margin = scores["model_psnr"] - scores["copy_psnr"]
-    table = markdown_table(["on the GRID test split", "PSNR (dB)", "SSIM"], rows)
+    table = markdown_table(["on the GRID test split", "PSNR (dB)", "SSIM", *CONTROL_COLUMNS], rows)
     options = ", ".join(args.model_option) or "paper widths"
     body = (
         f"`python bench/bench_train.py learning`: ../shared/data/grid (8 clips) preprocessed at {args.image_size} px "

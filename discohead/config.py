@@ -18,6 +18,7 @@ from .contracts import IMAGE_SIZE, MEL
 
 Motion = Literal["affine", "tps"]
 Fusion = Literal["dense-motion", "neural-mix"]
+AudioReadout = Literal["centre", "last"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class DisCoHeadConfig:
     audio_frames: int = MEL.window_frames
     audio_channels: int = 512
     audio_embedding: int = 256
+    audio_readout: AudioReadout = "last"
+    """``last``: the release's forward LSTM read at the window's end, 200 ms after the frame;
+    ``centre``: a bidirectional LSTM read at the frame's own time (issue #19: measured at
+    initialisation, not yet by training; bench/bench_mouth.py --readouts compares them)."""
     eye_input_scale: float = 0.5
     eye_channels: tuple[int, ...] = (32, 64, 64, 64, 64)
     eye_embedding: int = 8
@@ -68,6 +73,10 @@ class DisCoHeadConfig:
             raise ValueError(f"motion must be 'affine' or 'tps', not {self.motion!r}")
         if self.fusion not in ("dense-motion", "neural-mix"):
             raise ValueError(f"fusion must be 'dense-motion' or 'neural-mix', not {self.fusion!r}")
+        if self.audio_readout not in ("centre", "last"):
+            raise ValueError(f"audio_readout must be 'centre' or 'last', not {self.audio_readout!r}")
+        if self.audio_readout == "centre" and self.audio_channels % 2:
+            raise ValueError(f"audio_channels must be even for the bidirectional LSTM, not {self.audio_channels}")
         minimum = 2 ** (self.encoder_depth + 2)
         if self.image_size % 2**self.encoder_depth or self.image_size < minimum:
             raise ValueError(

@@ -18,6 +18,29 @@ measured on the same frames for the model: ``audio_mouth_share`` (only the audio
 share of the pixel change inside the mouth box), ``eye_eye_share`` (only the eye driver
 changes: share inside the eye box) and ``head_landmark_shift`` (only the head driver
 changes: mean displacement, in pixels at 256 px, of the jaw and nose landmarks).
+
+Control use (does the model use its audio and eye inputs at all?), measured by driving the same
+frames with the input from another time of the same clip (same speaker, same session, never
+at least :data:`CONTROL_GAP` frames away) and comparing with the ground truth:
+
+- ``audio_gain``: ``1 - L1_mouth(own audio) / L1_mouth(audio from elsewhere)``, the relative drop
+  of the error inside the mouth box that the frame's own audio brings. 0: the audio is ignored;
+  negative: it hurts.
+- ``eye_gain``: the same inside the eye box, for the eye driver.
+- ``audio_focus`` and ``eye_focus``: of the pixel change that swapping the input makes, the share
+  inside its box divided by the box's share of the frame: 1 is a change spread evenly over the
+  frame (no localisation), the paper's Fig. 2 is far above it.
+
+The mouth box comes from the shards' landmarks (the preprocessing job's detector), else from
+dlib's landmarks on the ground truth; a clip shorter than ``2 * CONTROL_GAP`` test frames has no
+"elsewhere" and is left out of these four.
+
+Lip-audio sync without SyncNet's weights: ``sync_confidence`` and ``sync_offset`` are the
+preprocessing job's estimator (:func:`discohead.data.sync.av_offset`: the lips' opening against
+the audio's loudness, the best lag within +-15 frames and its correlation) on dlib's landmarks of
+the model's frames with the clip's audio; ``real_sync_*`` the same on the real frames, the
+scale to read it against (in sync: offset 0 +- 1 frame). Per clip of at least 39 test frames
+with its audio (:func:`attach_audio`), averaged over clips.
 """
 
 from __future__ import annotations
@@ -33,7 +56,18 @@ import torch
 
 from .contracts import FPS, MEL, SPLITS, MelSettings, mouth_box_from_landmarks
 from .data.shards import iter_split
-from .metrics import eye_aspect_ratio, inner_lip_opening, keypoint_distance, pearson, psnr, share_inside, ssim
+from .data.sync import MAX_LAG, TREND_FRAMES, av_offset
+from .metrics import (
+    box_area,
+    box_l1,
+    eye_aspect_ratio,
+    inner_lip_opening,
+    keypoint_distance,
+    pearson,
+    psnr,
+    share_inside,
+    ssim,
+)
 from .model import DisCoHead
 from .pretrained import PretrainedWeightsUnavailable
 from .training import ModelInputs, model_inputs
@@ -44,7 +78,20 @@ METRICS = ("psnr", "ssim", "lpips", "fid", "akd", "aed", "mouth_corr", "eye_corr
 LIP_SYNC = ("lse_d", "lse_c", "lse_offset")
 """What needs SyncNet and the clips' audio."""
 DISENTANGLEMENT = ("audio_mouth_share", "eye_eye_share", "head_landmark_shift")
-FACE_METRICS = ("akd", "aed", "mouth_corr", "eye_corr", "audio_mouth_share", "head_landmark_shift")
+LIP_AUDIO = ("sync_confidence", "sync_offset", "real_sync_confidence", "real_sync_offset")
+"""The weight-free lip-audio estimate on the model's frames and on the real ones (needs faces and audio)."""
+CONTROL_GAINS = ("audio_gain", "eye_gain")
+CONTROLS = (*CONTROL_GAINS, "audio_focus", "eye_focus", *LIP_AUDIO)
+MODEL_MEASURES = (*DISENTANGLEMENT, *CONTROLS)
+"""What is measured of the model alone (no baseline): a row's extra columns in the evaluation table."""
+SYNC_FRAMES = 2 * MAX_LAG + TREND_FRAMES
+"""Frames the lip-audio estimator needs to try every lag on twice its length (discohead.data.sync)."""
+CONTROL_GAP = 7
+"""Fewest frames between a test frame and the same clip's frame whose input replaces it. The 400 ms
+audio windows of frames 7 apart (280 ms at 25 fps) share only their outer 120 ms; their centres, where
+the mouth's shape is decided, share nothing. A 3 s GRID clip's test split (15 frames) qualifies; the
+shared edges make the gain, if anything, an underestimate."""
+FACE_METRICS = ("akd", "aed", "mouth_corr", "eye_corr", "audio_mouth_share", "head_landmark_shift", *LIP_AUDIO)
 """What needs dlib's face measures."""
 POSE_LANDMARKS = tuple(range(0, 17)) + tuple(range(27, 36))
 """Jaw and nose: the points that move with the head but belong to neither the mouth nor the eye region."""
@@ -69,6 +116,13 @@ class ClipFrames:
     fps: float = FPS
     waveform: np.ndarray | None = None
     audio_note: str = "audio not read"
+    landmarks: np.ndarray | None = None
+
+    def mouth_boxes(self, part: slice) -> torch.Tensor | None:
+        """The test frames' mouth boxes from the shards' landmarks; None where the shards hold none (all zero)."""
+        if self.landmarks is None or not np.any(self.landmarks):
+            return None
+        return mouth_box_from_landmarks(torch.from_numpy(self.landmarks[part]).float(), self.driver.shape[1])
 
 
 def clips_with_test_frames(
@@ -125,6 +179,7 @@ def clips_with_test_frames(
                 [chunk["meta"]["first_frame"] + np.arange(len(chunk["frames"])) for chunk in chunks]
             ),
             fps=float(meta.get("fps", FPS)),
+            landmarks=np.concatenate([chunk["landmarks"] for chunk in chunks]) if "landmarks" in chunks[0] else None,
         )
 
 
@@ -369,6 +424,7 @@ def evaluate(
         streams = (
             {system: _LipStream() for system in SYSTEMS} if syncnet is not None and clip.waveform is not None else None
         )
+        shift = len(clip.driver) // 2 if len(clip.driver) >= 2 * CONTROL_GAP else 0
         for start in range(0, len(clip.driver), batch_size):
             part = slice(start, start + batch_size)
             count = len(clip.driver[part])
@@ -420,6 +476,7 @@ def evaluate(
                 truth_points, truth_identity = faces.measure(truth, boxes)
                 series.setdefault("truth/lip", []).append(inner_lip_opening(truth_points))
                 series.setdefault("truth/eye", []).append(eye_aspect_ratio(truth_points))
+                series.setdefault("truth/points", []).append(truth_points)
                 for system, frames_out in outputs.items():
                     points, identity = faces.measure(faces.to_measure_size(frames_out), boxes)
                     sums.add(f"{system}/akd", keypoint_distance(points, truth_points))
@@ -428,19 +485,27 @@ def evaluate(
                     series.setdefault(f"{system}/eye", []).append(eye_aspect_ratio(points))
                     if system == "model":
                         model_points = points
-                mouth = mouth_box_from_landmarks(torch.from_numpy(truth_points), truth.shape[1]).to(device)
+                        series.setdefault("model/points", []).append(points)
+                face_mouth = mouth_box_from_landmarks(torch.from_numpy(truth_points), truth.shape[1]).to(device)
                 audio_changed = _predict(model, inputs, audio=other_inputs.audio)["prediction"].float()
-                sums.add("audio_mouth_share", share_inside(audio_changed - outputs["model"], mouth).cpu().numpy())
+                sums.add("audio_mouth_share", share_inside(audio_changed - outputs["model"], face_mouth).cpu().numpy())
                 head_changed = _predict(model, inputs, head=other_inputs.head_driver)["prediction"].float()
                 moved, _ = faces.measure(faces.to_measure_size(head_changed), boxes)
                 pose = list(POSE_LANDMARKS)
                 sums.add("head_landmark_shift", keypoint_distance(moved[:, pose], model_points[:, pose]))
+            if shift:
+                mouth = clip.mouth_boxes(part)
+                if mouth is None and faces is not None:
+                    mouth = face_mouth
+                control_use(model, inputs, outputs["model"], clip, start, shift, eye_boxes, mouth, sums)
             frames += count
         if streams:
             for system, scores in clip_lip_sync(syncnet, streams, clip.waveform).items():
                 sums.add(f"{system}/lse_d", scores.distance)
                 sums.add(f"{system}/lse_c", scores.confidence)
                 sums.add(f"{system}/lse_offset", scores.offset)
+        if faces is not None and clip.waveform is not None:
+            lip_audio_sync(clip, series, sums)
         if faces is not None:
             for system in SYSTEMS:
                 for name, key in (("mouth_corr", "lip"), ("eye_corr", "eye")):
@@ -457,7 +522,106 @@ def evaluate(
             if name in unavailable:
                 del systems[system][name]
     disentanglement = {name: sums.mean(name) for name in DISENTANGLEMENT if name not in unavailable}
+    for name in LIP_AUDIO:
+        if name in unavailable:
+            continue
+        if sums.counts.get(name):
+            disentanglement[name] = sums.mean(name)
+        elif not any(clip.waveform is not None for clip in clips):
+            why = clips[0].audio_note if clips else "no clips"
+            unavailable[name] = f"unavailable: no clip's audio could be used ({why})"
+        else:
+            unavailable[name] = f"unavailable: no clip with its audio has {SYNC_FRAMES} test frames"
+    for name in (name for name in CONTROLS if name not in LIP_AUDIO):
+        if name.endswith("_gain"):
+            own, away = sums.mean(f"{name}/own"), sums.mean(f"{name}/away")
+            value = 1 - own / away if away > 0 else float("nan")
+        else:
+            value = sums.mean(f"{name}/share") / sums.mean(f"{name}/area")
+        if np.isfinite(value):
+            disentanglement[name] = value
+        elif not any(len(clip.driver) >= 2 * CONTROL_GAP for clip in clips):
+            unavailable[name] = f"unavailable: no clip has {2 * CONTROL_GAP} test frames (the input from elsewhere)"
+        elif name.startswith("audio") and not sums.counts.get("audio_gain/away"):
+            unavailable[name] = "unavailable: the shards hold no landmarks and face measures are off (no mouth box)"
+        elif name.endswith("_gain"):
+            unavailable[name] = "undefined: no error in the box with the input from elsewhere"
+        else:  # a share of no change: the input is ignored, its focus undefined
+            unavailable[name] = "undefined: swapping the input changed no pixel"
     return EvaluationResult(systems, disentanglement, unavailable, frames, len(clips), seconds, grid)
+
+
+def lip_audio_sync(clip: ClipFrames, series: dict[str, list[np.ndarray]], sums: _Sums) -> None:
+    """Adds one clip's ``LIP_AUDIO`` terms (module doc) from its landmarks of the model's and the real frames."""
+    per_frame = round(MEL.sample_rate / clip.fps)
+    for prefix, key in (("sync", "model/points"), ("real_sync", "truth/points")):
+        points = np.concatenate(series[key])
+        if len(points) < SYNC_FRAMES:
+            return
+        found = av_offset(points, clip.waveform, per_frame, sample_rate=MEL.sample_rate)
+        sums.add(f"{prefix}_confidence", found.confidence)
+        sums.add(f"{prefix}_offset", found.frames)
+
+
+def control_use(
+    model: DisCoHead,
+    inputs: ModelInputs,
+    prediction: torch.Tensor,
+    clip: ClipFrames,
+    start: int,
+    shift: int,
+    eye_boxes: torch.Tensor,
+    mouth_boxes: torch.Tensor | None,
+    sums: _Sums,
+) -> None:
+    """Adds one batch's terms of the module doc's control measures: each input from ``shift`` frames away."""
+    away = (np.arange(start, start + len(inputs)) + shift) % len(clip.driver)
+    columns = {"source": clip.source[None], "driver": clip.driver[away], "mel": clip.mel[away]}
+    columns["eye_box"] = clip.eye_boxes[away]
+    elsewhere = model_inputs(columns, model.config.image_size, inputs.source.device)
+    controls = [("eye", eye_boxes, _predict(model, inputs, eye=elsewhere.eye_driver))]
+    if mouth_boxes is not None:
+        controls.append(("audio", mouth_boxes.to(eye_boxes), _predict(model, inputs, audio=elsewhere.audio)))
+    for name, boxes, swapped in controls:
+        swapped = swapped["prediction"].float()
+        sums.add(f"{name}_gain/own", box_l1(prediction, inputs.target, boxes).cpu().numpy())
+        sums.add(f"{name}_gain/away", box_l1(swapped, inputs.target, boxes).cpu().numpy())
+        share = share_inside(swapped - prediction, boxes)
+        sums.add(f"{name}_focus/share", share.cpu().numpy())
+        sums.add(f"{name}_focus/area", box_area(boxes)[torch.isfinite(share)].cpu().numpy())
+
+
+def comparison_chart(results: dict[str, EvaluationResult], split: str = "test") -> Any:
+    """One matplotlib figure (Agg, no display): a panel per measure, a bar per model, the copy baseline as a line.
+
+    What a ``--variant all`` launch's parent run shows beside its table: the variants side by side
+    without opening each child run. Measures none of the models has are left out.
+    """
+    from matplotlib.figure import Figure
+
+    names = [name for name in (*METRICS, *MODEL_MEASURES) if any(
+        name in result.systems["model"] or name in result.disentanglement for result in results.values()
+    )]  # fmt: skip
+    columns = min(4, max(1, len(names)))
+    rows = -(-len(names) // columns) or 1
+    figure = Figure(figsize=(3.2 * columns, 2.4 * rows + 0.5), dpi=80)
+    figure.suptitle(f"eval/{split}: one bar per model, dashed: copying the source", fontsize=10)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    labels = list(results)
+    for ax, name in zip(axes, names):
+        measured = [{**result.systems["model"], **result.disentanglement} for result in results.values()]
+        values = [found.get(name, np.nan) for found in measured]
+        ax.bar(range(len(labels)), values, color="tab:blue")
+        copies = [result.systems["copy"].get(name, np.nan) for result in results.values()]
+        if np.isfinite(copies).any():
+            ax.axhline(float(np.nanmean(copies)), color="tab:red", linestyle="--", linewidth=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=20)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    figure.tight_layout()
+    return figure
 
 
 def evaluate_reconstruction(
@@ -467,8 +631,10 @@ def evaluate_reconstruction(
     batch_size: int = 16,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """``{model,copy,warp}_{psnr,ssim}`` and ``frames`` over the test split of ``dest`` (no pretrained networks)."""
+    """``{model,copy,warp}_{psnr,ssim}``, ``frames`` and the measurable ``CONTROLS`` (module doc) over the test
+    split of ``dest``, with no pretrained network."""
     clips = list(clips_with_test_frames(dest, storage_options))
     result = evaluate(model, clips, Scorers.pixels_only(), device, batch_size)
     scores = {f"{system}_{name}": result.systems[system][name] for system in SYSTEMS for name in ("psnr", "ssim")}
-    return {**scores, "frames": result.frames}
+    controls = {name: value for name, value in result.disentanglement.items() if name in CONTROLS}
+    return {**scores, **controls, "frames": result.frames}

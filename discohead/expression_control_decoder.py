@@ -14,26 +14,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import DownBlock, UpBlock, downsample
-from .config import DisCoHeadConfig
+from .config import AudioReadout, DisCoHeadConfig
 
 
 class AudioEncoder(nn.Module):
-    """Four 1-D convolutions, an LSTM and two FC layers over a ``(B, n_mels, T)`` log-mel window."""
+    """Four 1-D convolutions, an LSTM and two FC layers over a ``(B, n_mels, T)`` log-mel window.
 
-    def __init__(self, n_mels: int, channels: int, embedding: int) -> None:
+    ``readout="last"`` (the default, as the authors' release) reads a forward LSTM at its
+    last step; at initialisation all of that embedding's sensitivity lies in the window's
+    last 100 ms, 100-200 ms after the frame, and the frame's own sound counts for nothing.
+    ``readout="centre"`` reads a bidirectional LSTM, half the channels each way, at the
+    window's middle step: the video frame's own time, with the sound before it on one side
+    and after it on the other (issue #19; docs/training.md has the measurements).
+    """
+
+    def __init__(self, n_mels: int, channels: int, embedding: int, readout: AudioReadout = "last") -> None:
         super().__init__()
+        self.readout = readout
         layers: list[nn.Module] = []
         for in_channels in (n_mels, channels, channels, channels):
             layers += [nn.Conv1d(in_channels, channels, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
         self.convs = nn.Sequential(*layers)
-        self.lstm = nn.LSTM(channels, channels, batch_first=True)
+        centre = readout == "centre"
+        self.lstm = nn.LSTM(channels, channels // 2 if centre else channels, batch_first=True, bidirectional=centre)
         self.head = nn.Sequential(
             nn.Linear(channels, embedding), nn.ReLU(inplace=True), nn.Linear(embedding, embedding)
         )
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
         sequence, _ = self.lstm(self.convs(log_mel).transpose(1, 2))
-        return self.head(sequence[:, -1])
+        step = sequence.shape[1] // 2 if self.readout == "centre" else -1
+        return self.head(sequence[:, step])
 
 
 class EyeEncoder(nn.Module):
@@ -64,6 +75,12 @@ class ModulatedConv2d(nn.Module):
     scales each output channel by its demodulation factor (one dense convolution for the
     whole batch); ``fused=True`` builds each sample's weights and runs a grouped
     convolution, as the authors' release does.
+
+    It runs in float32 even under autocast: the styles start at ``s = 1`` and the audio and
+    eye codes move them by ~1e-3 early in training, while bfloat16's spacing near 1 is 0.008,
+    so under bf16 autocast (CUDA training and generation) the controls had no effect at all
+    until their weights grew by chance (issue #19). The cost is these convolutions in TF32
+    instead of bf16 on a GPU (bench/gpu_check.py measures it).
     """
 
     def __init__(
@@ -98,6 +115,10 @@ class ModulatedConv2d(nn.Module):
         return weight * self.demodulation(style)[:, :, None, None, None].to(weight.dtype)
 
     def forward(self, x: torch.Tensor, f_exp: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._modulated(x.float(), f_exp.float())
+
+    def _modulated(self, x: torch.Tensor, f_exp: torch.Tensor) -> torch.Tensor:
         style = self.style(f_exp)
         if self.fused:
             batch, channels, height, width = x.shape
@@ -131,7 +152,9 @@ class ModulatedResidualBlock(nn.Module):
 class ExpressionControlDecoder(nn.Module):
     def __init__(self, config: DisCoHeadConfig) -> None:
         super().__init__()
-        self.audio_encoder = AudioEncoder(config.n_mels, config.audio_channels, config.audio_embedding)
+        self.audio_encoder = AudioEncoder(
+            config.n_mels, config.audio_channels, config.audio_embedding, config.audio_readout
+        )
         self.eye_encoder = EyeEncoder(
             config.eye_channels, config.eye_embedding, config.eye_input_scale, config.image_size
         )

@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torchvision
 from torch import nn
 
 from . import geometry
@@ -110,6 +109,8 @@ class TPSHeadMotion(nn.Module):
         self.input_scale = config.tps_input_scale
         self.count = config.tps_keypoints
         self.regularization = config.tps_regularization
+        import torchvision  # here: ~1.4 s of imports that a Ray process unpickling discohead.training needs not pay
+
         self.backbone = torchvision.models.resnet18(weights=None, num_classes=2 * self.count)
         # Start from keypoints spread over the face: a degenerate layout (all points on
         # one line) makes the TPS system singular.

@@ -11,7 +11,6 @@ import os
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from .pretrained import WeightFile
@@ -36,6 +35,8 @@ class VGG19Features(nn.Module):
 
     def __init__(self, weights_path: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
+        import torchvision  # here, not at the top: about 1.5 s of imports that only the VGG loss needs
+
         vgg = torchvision.models.vgg19(weights=None)
         vgg.load_state_dict(VGG19.load(weights_path))
         layers = vgg.features[: _VGG19_STAGE_ENDS[-1]]

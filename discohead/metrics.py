@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+# torchmetrics is imported where it is used: importing it (and the scipy.signal it pulls in) takes
+# about 2 s of CPU, paid by every Ray process that unpickles a function of discohead.training
+# (the Train controller, Ray Data's coordinators) though only the workers compute a metric.
 
 
 def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean per-image PSNR in dB of (B, 3, H, W) frames in [0, 1]."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return peak_signal_noise_ratio(
         prediction.float(), target.float(), data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)
     )
@@ -22,7 +27,25 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean SSIM of (B, 3, H, W) frames in [0, 1]."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(prediction.float(), target.float(), data_range=1.0)
+
+
+def box_l1(prediction: torch.Tensor, target: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Per frame, the mean absolute error inside the ``(x0, y0, x1, y1)`` box, channels averaged; NaN if empty."""
+    from .contracts import eye_mask
+
+    mask = eye_mask(boxes.to(prediction.dtype), prediction.shape[-2], prediction.shape[-1])
+    error = (prediction.float() - target.float()).abs().mean(dim=1, keepdim=True) * mask
+    area = mask.flatten(1).sum(1)
+    return torch.where(area > 0, error.flatten(1).sum(1) / area.clamp_min(1), torch.full_like(area, float("nan")))
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """Per box, the share of the frame ``(x0, y0, x1, y1)`` covers (boxes in [0, 1] coordinates)."""
+    boxes = boxes.float().clamp(0, 1)
+    return ((boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)).float()
 
 
 # --- from 68 landmarks (iBUG 300-W layout), pure and batched --------------------------

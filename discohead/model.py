@@ -110,7 +110,7 @@ class DisCoHead(nn.Module):
         if version != CHECKPOINT_FORMAT_VERSION:
             raise ValueError(
                 f"checkpoint format {version} is not supported (this version reads {CHECKPOINT_FORMAT_VERSION}); "
-                "re-export it with a matching discohead"
+                "train it again, or load it with the discohead that wrote it"
             )
         model = cls(DisCoHeadConfig.from_dict(checkpoint["config"]))
         model.load_state_dict(checkpoint["model"])

@@ -29,11 +29,11 @@ class LossHistory(Reporter):
         self.losses.append(metrics["loss_total"])
 
 
-def smoke_fit(variant: str, image_size: int, steps: int, batch_size: int) -> tuple[float, float, float]:
+def smoke_fit(variant: str, image_size: int, steps: int, batch_size: int, seed: int = 0) -> tuple[float, float, float]:
     """Train ``steps`` steps; returns (first loss, mean of the last three, seconds)."""
     config = TrainConfig(
         variant=variant, data="synthetic", image_size=image_size, widths="narrow", batch_size=batch_size, lr=1e-3,
-        max_steps=steps, log_every=1, checkpoint_every=steps, perceptual_weight=0, pairs_per_chunk=2,
+        max_steps=steps, log_every=1, checkpoint_every=steps, perceptual_weight=0, pairs_per_chunk=2, seed=seed,
     )  # fmt: skip
     chunks = synthetic_chunks(clips=2, frames_per_clip=20, image_size=image_size, chunk_frames=10)
     history = LossHistory()
@@ -48,13 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the models' initialisation and pair draws")
     args = parser.parse_args(argv)
     variants = list(VARIANTS) if args.variant == "all" else [args.variant]
     print(
         f"DisCoHead smoke run: {len(variants)} variant(s), {args.image_size} px, narrow widths, "
-        f"{args.steps} steps, batch {args.batch_size}, synthetic data"
+        f"{args.steps} steps, batch {args.batch_size}, seed {args.seed}, synthetic data"
     )
-    results = {variant: smoke_fit(variant, args.image_size, args.steps, args.batch_size) for variant in variants}
+    results = {
+        variant: smoke_fit(variant, args.image_size, args.steps, args.batch_size, args.seed) for variant in variants
+    }
     print(f"\n{'variant':<10} {'first loss':>10} {'last loss':>10} {'seconds':>8}")
     for variant, (first, last, seconds) in results.items():
         print(f"{variant:<10} {first:>10.4f} {last:>10.4f} {seconds:>8.1f}")

@@ -513,6 +513,16 @@ def log_evaluation(
         client.log_image(run_id, grid, key=f"eval/{split}/samples", step=0)
 
 
+def log_comparison(run_id: str, markdown: str, csv_text: str, figure: Any, split: str, uri: str | None = None) -> None:
+    """A launch's variants side by side on its parent run: ``comparison/eval_<split>.{md,csv,png}``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri or tracking_uri())
+    client.log_text(run_id, markdown, f"comparison/eval_{split}.md")
+    client.log_text(run_id, csv_text, f"comparison/eval_{split}.csv")
+    client.log_figure(run_id, figure, f"comparison/eval_{split}.png")
+
+
 # --- a preprocessing job's run ---------------------------------------------------------
 
 DATA_RUN_TAG = "discohead.preprocess_run"

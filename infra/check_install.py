@@ -5,13 +5,20 @@
 Why: a wheel whose binary does not match its neighbours installs without complaint and fails
 only at the first import, deep inside a job (torchaudio 2.11.1 beside torch 2.11.0:
 ``undefined symbol: torch_exception_get_what_without_backtrace``). Checked here: each package
-imports, its version is the one the lock pins, and the ffmpeg binary the jobs call runs.
+imports, its version is the one the lock pins, its Python files were compiled at install, and
+the ffmpeg binary the jobs call runs.
+
+Why the bytecode: pip writes ``.pyc`` files at install, uv only with ``--compile-bytecode``. Where
+PYTHONDONTWRITEBYTECODE is set (CI's machines set it) none is ever written later, so every Ray
+worker compiles torch, ray and mlflow from source when it starts: seconds of CPU each, dozens of
+workers a training run; the test suite took 78 min instead of 24.
 Exit 0 when all hold; otherwise one line per failure on stderr and exit 1.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import subprocess
 import sys
@@ -53,6 +60,15 @@ def pinned_versions(lock: Path) -> dict[str, set[str]]:
     return pins
 
 
+def has_bytecode(module: str) -> bool:
+    """Whether ``module``'s own Python file has its ``.pyc`` (an extension module counts as compiled)."""
+    spec = importlib.util.find_spec(module)
+    origin = spec.origin if spec else None
+    if not origin or not origin.endswith(".py"):
+        return True
+    return Path(importlib.util.cache_from_source(origin)).exists()
+
+
 def check(lock: Path) -> list[str]:
     pins = pinned_versions(lock)
     failures = []
@@ -67,6 +83,7 @@ def check(lock: Path) -> list[str]:
             pinned = " or ".join(sorted(wanted)) or "nothing"
             failures.append(f"{distribution} {version} is installed but {lock} pins {pinned}: {REBUILD}")
             continue
+        compiled = has_bytecode(module)  # before the import, which may write it
         try:
             importlib.import_module(module)
         except Exception as error:  # noqa: BLE001 - any import failure is reported the same way
@@ -76,6 +93,12 @@ def check(lock: Path) -> list[str]:
                 f"{distribution} {version} does not load ({type(error).__name__}: {reason}); "
                 f"its binary does not match this machine or the torch beside it: {REBUILD}; if it fails again, "
                 f"pin a working {distribution} in pyproject.toml and run ./run lock"
+            )
+            continue
+        if not compiled:
+            failures.append(
+                f"{distribution} was installed without compiled bytecode (.pyc): each Ray worker would compile it "
+                f"at start; install with `uv pip sync --compile-bytecode`, as ./run does: {REBUILD}"
             )
     try:
         import imageio_ffmpeg

@@ -177,6 +177,9 @@ def start_services(args: argparse.Namespace, state: Path) -> int:
         exports["AWS_ENDPOINT_URL"] = endpoint
     if endpoint := env.get("AWS_ENDPOINT_URL"):
         env.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)  # MLflow's own name for a non-AWS S3 endpoint
+    # MLflow 3 starts three Huey consumer processes for its GenAI jobs (scorers, prompt optimisation),
+    # which DisCoHead does not use; the user can turn them back on by setting the variable.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     backend = args.backend_store_uri or f"sqlite:///{state / 'mlflow.db'}"
     uri = f"http://{args.host}:{args.mlflow_port}"
     command = [

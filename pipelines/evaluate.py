@@ -24,18 +24,20 @@ import ray
 
 from discohead.contracts import SPLITS
 from discohead.evaluation import (
-    DISENTANGLEMENT,
+    CONTROL_GAINS,
     METRICS,
+    MODEL_MEASURES,
     SYSTEMS,
     EvaluationResult,
     Scorers,
     attach_audio,
     clips_with_test_frames,
+    comparison_chart,
 )
 from discohead.flags import check_range
 from discohead.manifest import Manifest, ShardFormatError
 from discohead.storage import filesystem_for, publish_bytes, s3_options
-from discohead.tracking import load_checkpoint, log_evaluation, run_id_for, tracking_uri
+from discohead.tracking import Launch, load_checkpoint, log_comparison, log_evaluation, run_id_for, tracking_uri
 from discohead.train_config import TrainConfig
 from pipelines.cli import UsageError, refuse_node_local_paths, run_job
 from pipelines.console import add_job_flags, init_ray
@@ -116,14 +118,14 @@ def evaluate_one(checkpoint: dict[str, Any], clips: list, args: argparse.Namespa
 
 def table(results: dict[str, EvaluationResult]) -> tuple[str, str]:
     """(markdown, CSV): a row per model and baseline, a column per metric; unavailable metrics listed below."""
-    header = ["model", "system", *METRICS, *DISENTANGLEMENT, "frames", "frames/s"]
+    header = ["model", "system", *METRICS, *MODEL_MEASURES, "frames", "frames/s"]
     rows = []
     for label, result in results.items():
         for system in SYSTEMS:
             values = {**result.systems[system], **(result.disentanglement if system == "model" else {})}
             cells = [
                 "unavailable" if name in result.unavailable else f"{values.get(name, math.nan):.4g}"
-                for name in (*METRICS, *DISENTANGLEMENT)
+                for name in (*METRICS, *MODEL_MEASURES)
             ]
             speed = f"{result.frames_per_second:.1f}" if system == "model" else ""
             rows.append([label, system, *cells, result.frames, speed])
@@ -240,24 +242,33 @@ def evaluate_models(
 
 
 def summary(result: EvaluationResult) -> str:
-    """One line of a model's scores, the copy baseline's PSNR beside its own."""
+    """One line of a model's scores, the copy baseline's PSNR beside its own, and how much it uses its controls."""
     model, copy = result.systems["model"], result.systems["copy"]
     shown = [f"{name} {model[name]:.4g}" for name in METRICS if name in model and name not in result.unavailable]
-    shown[0] += f" (copying the driver: {copy['psnr']:.4g})" if shown and shown[0].startswith("psnr") else ""
+    shown[0] += f" (copying the source: {copy['psnr']:.4g})" if shown and shown[0].startswith("psnr") else ""
+    shown += [f"{name.replace('_', ' ')} {result.disentanglement[name]:.0%}" for name in CONTROL_GAINS
+              if name in result.disentanglement]  # fmt: skip
     return ", ".join(shown) or "no metric available"
 
 
 def evaluate_runs(
-    config: TrainConfig, run_ids: dict[str, str], output: str, verbose: bool = False
+    config: TrainConfig, launch: Launch, output: str, verbose: bool = False
 ) -> dict[str, EvaluationResult]:
-    """The training job's ``--evaluate``: its runs on the test split of its data, with its Ray."""
+    """The training job's ``--evaluate``: its runs on the test split of its data, with its Ray; a launch of
+    several variants also gets their table and chart on its parent run."""
+    run_ids = launch.run_ids
     models = [item for run_id in run_ids.values() for item in ("--model", run_id)]
     clips = ["--max-clips", str(config.evaluate_clips)] if config.evaluate_clips else []
     endpoint = ["--s3-endpoint", config.s3_endpoint] if config.s3_endpoint else []
     loud = ["--verbose"] if verbose else []
     args = parse_args([*models, "--data", config.data, "--output", output, *clips, *endpoint, *loud])
     args.labels = {run_id: variant for variant, run_id in run_ids.items()}  # a line per variant, not the table
-    return evaluate_models(args, *prepare(args))
+    results = evaluate_models(args, *prepare(args))
+    if launch.parent_run_id:
+        by_variant = {args.labels[ref]: result for ref, result in results.items()}
+        log_comparison(launch.parent_run_id, *table(by_variant), comparison_chart(by_variant, args.split), args.split)
+        print(f"[evaluate] the variants side by side: comparison/eval_{args.split}.md, .csv and .png on the parent run")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     for variant, path in zip(names, paths):
         print(f"  {variant:<10} MLflow run {launch.run_ids[variant]}  checkpoint {path}")
     if config.evaluate and manifest.shards["test"]:  # the paper's metrics on each run, for MLflow's compare view
-        evaluate_runs(config, launch.run_ids, f"{config.storage.rstrip('/')}/{min(names.values())}-eval", args.verbose)
+        evaluate_runs(config, launch, f"{config.storage.rstrip('/')}/{min(names.values())}-eval", args.verbose)
     return 0
 
 

@@ -26,6 +26,11 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+LEARNING_SEED = int(os.environ.get("DISCOHEAD_LEARNING_SEED", "0"))
+"""The training seed of the tests marked ``learning``: 0 in the suite; bench/bench_learning_tests.py
+runs them for seeds 0, 1, 2 under each kernel set and tabulates the margin each records
+(``record_property("margin", value / threshold)``)."""
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
@@ -114,11 +119,12 @@ class S3Server:
 
 @contextlib.contextmanager
 def http_service(
-    name: str, command: list[str], probe_url: str, log_dir: Path, timeout: float = 120
+    name: str, command: list[str], probe_url: str, log_dir: Path, timeout: float = 120, env: dict | None = None
 ) -> Iterator[subprocess.Popen]:
     """Start a server in its own session, wait until ``probe_url`` answers, stop it by pid."""
     log = open(log_dir / f"{name}.log", "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**os.environ, **(env or {})}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def up() -> bool:
         try:
@@ -161,6 +167,11 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
         yield S3Server(endpoint, env)
 
 
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+"""As infra/services.py starts it: without MLflow 3's job runners (three Huey consumer processes for
+its GenAI jobs, which DisCoHead does not use; on a 2-core machine they compete with the tests)."""
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> Iterator[str]:
     """A real MLflow tracking server on 127.0.0.1 (SQLite store, proxied artifacts); yields its URI."""
@@ -175,7 +186,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
         "--artifacts-destination", str(folder / "artifacts"),
     ]  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
-    with http_service("mlflow_server", command, f"{uri}/health", folder):
+    with http_service("mlflow_server", command, f"{uri}/health", folder, env=MLFLOW_SERVER_ENV):
         yield uri
 
 
@@ -208,11 +219,17 @@ def ray_head(tmp_path_factory, s3_server: S3Server) -> Iterator[RayHead]:
     auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
     port, dashboard_port, client_port = free_port(), free_port(), free_port()
     log = open(home / "ray-head.log", "wb")
+    # Its own temp folder: `ray start` records its address in <temp>/ray_current_cluster, and with
+    # the default /tmp/ray every local Ray started later (the training jobs' tests) would send its
+    # state API calls here, and after this head is killed, to a dead address: Ray Train's
+    # placement-group cleaner then waits 12 s at the end of each run (40 s timeouts behind it).
+    temp_dir = tempfile.mkdtemp(prefix="ray-")  # short: unix socket paths are limited to ~107 bytes
     command = [
         binary, "start", "--head", "--block",
         "--node-ip-address", "127.0.0.1", "--port", str(port),
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
         "--ray-client-server-port", str(client_port), "--num-cpus", "2", "--disable-usage-stats",
+        "--temp-dir", temp_dir,
     ]  # fmt: skip
     head_env = repo_env(**auth_env, **s3_server.env)
     head_env.pop("RAY_ADDRESS", None)
@@ -243,6 +260,7 @@ def ray_head(tmp_path_factory, s3_server: S3Server) -> Iterator[RayHead]:
     finally:
         stop_process_group(process, grace=10)
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)

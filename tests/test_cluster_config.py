@@ -8,6 +8,7 @@ run before anything else), the rest is parsed and asserted on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -177,6 +178,16 @@ def test_the_image_recipe_pins_its_base_its_python_and_the_lock():
 
 
 @pytest.mark.slow
+def group_members(group: int) -> list[int]:
+    """The live processes of process group ``group`` (a service started in its own session)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == group:
+                members.append(int(entry.name))
+    return members
+
+
 def test_services_start_mlflow_with_artifacts_on_a_local_s3_and_stop_both_by_pid(tmp_path):
     """``infra/services.py`` as infra/README.md runs it for local work: MLflow + a local S3, then stop."""
     import boto3
@@ -206,6 +217,8 @@ def test_services_start_mlflow_with_artifacts_on_a_local_s3_and_stop_both_by_pid
         )  # fmt: skip
         keys = [item["Key"] for item in s3.list_objects_v2(Bucket="team")["Contents"]]
         assert any(key.endswith(f"{run.info.run_id}/artifacts/note.txt") for key in keys), keys
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in group_members(pids["mlflow"])]
+        assert commands and not [command for command in commands if b"huey" in command], "MLflow's job runners stay off"
     finally:
         stopped = subprocess.run([*script, "stop", *state], capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 0 and stopped.stdout.count("stopped") == 2, stopped.stdout

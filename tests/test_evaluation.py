@@ -31,7 +31,7 @@ def test_reconstruction_evaluation_scores_model_and_baselines(tmp_path):
 def test_full_evaluation_reports_every_metric_or_why_not(tmp_path, monkeypatch):
     import torch
 
-    from discohead.evaluation import DISENTANGLEMENT, LIP_SYNC, METRICS, Scorers, evaluate
+    from discohead.evaluation import CONTROLS, DISENTANGLEMENT, LIP_AUDIO, LIP_SYNC, METRICS, Scorers, evaluate
     from discohead.metrics import psnr
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no LPIPS, FID or SyncNet weights here
@@ -40,18 +40,23 @@ def test_full_evaluation_reports_every_metric_or_why_not(tmp_path, monkeypatch):
         torch.hub, "download_url_to_file", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("offline"))
     )
     dest = str(tmp_path / "shards")
-    write_synthetic_shards(dest, clips=2, frames_per_clip=20, image_size=32, chunk_frames=10)
+    write_synthetic_shards(dest, clips=2, frames_per_clip=40, image_size=32, chunk_frames=20)
     clips = list(clips_with_test_frames(dest))
     model = DisCoHead.from_variant("tps-dm", image_size=32, **WIDTHS["tiny"])
     result = evaluate(model, clips, Scorers.load(), batch_size=8)
-    assert set(result.unavailable) == {"lpips", "fid", *LIP_SYNC} and all(
-        "unavailable: provide" in why for why in result.unavailable.values()
-    )
+    networks = {"lpips", "fid", *LIP_SYNC}
+    assert set(result.unavailable) == networks | {"audio_focus", "eye_focus", *LIP_AUDIO}
+    assert result.unavailable["sync_confidence"] == "unavailable: no clip's audio could be used (audio not read)"
+    assert all("unavailable: provide" in result.unavailable[name] for name in networks)
+    # At initialisation the style weights are zero: the output ignores audio and eyes exactly.
+    assert result.disentanglement["audio_gain"] == 0 and result.disentanglement["eye_gain"] == 0
+    assert result.unavailable["eye_focus"] == "undefined: swapping the input changed no pixel"
     assert result.unavailable["lse_c"].startswith("unavailable: provide syncnet_v2.model (sha256 961e8696")
     for system in ("model", "copy", "warp"):
         assert set(result.systems[system]) == set(METRICS) - {"lpips", "fid", *LIP_SYNC}
-    assert set(result.disentanglement) == set(DISENTANGLEMENT)
-    assert result.frames == 20 and result.clips == 2 and result.grid.shape == (4 * 32, 6 * 32, 3)
+    undefined = {"audio_focus", "eye_focus", *LIP_AUDIO}
+    assert set(result.disentanglement) == set(DISENTANGLEMENT) | set(CONTROLS) - undefined
+    assert result.frames == 40 and result.clips == 2 and result.grid.shape == (4 * 32, 6 * 32, 3)
     # The copy baseline by hand: each test frame against its clip's first frame.
     expected = [
         psnr(
@@ -174,3 +179,76 @@ def test_a_damaged_test_sample_leaves_its_clip_out_and_the_rest_is_evaluated(tmp
     assert any("clip synthetic-0-001 left out: 0 of its 1 test chunks read" in line for line in damaged)
     with pytest.raises(ValueError):
         list(iter_split(dest, "test"))  # without a list to report to, the reader still raises
+
+
+def test_control_measures_credit_an_input_used_in_its_box_and_not_one_ignored():
+    """A stand-in model that paints the mouth box from its audio window and ignores the eye driver.
+
+    The ground truth's mouth shows the same function of the frame's own audio, so the frame's own audio
+    gives an exact mouth (audio_gain near 1) and all the change an audio swap makes is inside the box
+    (audio_focus = 1 / the box's area); the eye driver changes nothing (eye_gain 0, focus undefined).
+    """
+    import torch
+
+    from discohead.contracts import mouth_box_from_landmarks
+    from discohead.evaluation import ClipFrames, Scorers, evaluate
+
+    size, count = 32, 24
+    rng = np.random.default_rng(0)
+    landmarks = np.full((count, 68, 2), size / 2, np.float32)
+    landmarks[:, 48:68] = rng.uniform([10, 20], [22, 27], size=(20, 2)).astype(np.float32)
+    box = mouth_box_from_landmarks(torch.from_numpy(landmarks[:1]), size)[0]
+    mel = rng.normal(size=(count, 80, 40)).astype(np.float16)
+
+    def paint(frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        level = torch.sigmoid(4 * audio.float().mean(dim=(1, 2)))[:, None, None, None]
+        x0, y0, x1, y1 = (box * size).tolist()
+        ys, xs = (torch.arange(size) + 0.5)[:, None], (torch.arange(size) + 0.5)[None, :]
+        inside = ((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)).to(frames.dtype)
+        return frames * (1 - inside) + level * inside
+
+    class MouthFromAudio(torch.nn.Module):
+        config = type("Config", (), {"image_size": size})()
+
+        def forward(self, source, head_driver, eye_driver, audio):
+            return {"prediction": paint(source, audio), "transformed_source": source}
+
+    background = torch.full((count, 3, size, size), 0.4)
+    truth = (paint(background, torch.from_numpy(mel)).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    clip = ClipFrames(
+        "clip", np.full((size, size, 3), 90, np.uint8), truth, mel,
+        np.tile(np.array([0.2, 0.2, 0.8, 0.45], np.float32), (count, 1)), landmarks=landmarks,
+    )  # fmt: skip
+    result = evaluate(MouthFromAudio(), [clip], Scorers.pixels_only(), batch_size=8)
+    controls = result.disentanglement
+    area = float((box[2] - box[0]) * (box[3] - box[1]))
+    assert controls["audio_gain"] > 0.95, controls
+    assert controls["audio_focus"] == pytest.approx(1 / area, rel=0.05), "all of the change is in the mouth box"
+    assert controls["eye_gain"] == 0 and "eye_focus" not in controls
+    assert result.unavailable["eye_focus"] == "undefined: swapping the input changed no pixel"
+
+
+def test_lip_audio_sync_finds_the_lag_of_the_models_lips_and_none_in_the_real_ones():
+    """Landmarks whose lips open with the audio's loudness: the real ones in time, the model's 3 frames late."""
+    from discohead.evaluation import ClipFrames, _Sums, lip_audio_sync
+
+    frames, per_frame, lag = 75, 640, 3
+    rng = np.random.default_rng(0)
+    loudness = rng.uniform(0.05, 1.0, frames)
+    waveform = (rng.normal(size=(frames, per_frame)) * loudness[:, None]).ravel().astype(np.float32)
+
+    def lips(opening: np.ndarray) -> np.ndarray:
+        points = np.zeros((len(opening), 68, 2), np.float32)
+        points[:, :, 0] = np.arange(68)
+        for top, bottom in ((61, 67), (62, 66), (63, 65), (50, 58), (51, 57), (52, 56)):
+            points[:, bottom, 0] = points[:, top, 0]
+            points[:, bottom, 1] = opening
+        return points
+
+    late = np.concatenate([np.full(lag, loudness.mean()), loudness[:-lag]])
+    clip = ClipFrames("clip", np.zeros((8, 8, 3), np.uint8), np.zeros((frames, 8, 8, 3), np.uint8), None, None)
+    clip.waveform = waveform
+    sums = _Sums()
+    lip_audio_sync(clip, {"model/points": [lips(late)], "truth/points": [lips(loudness)]}, sums)
+    assert sums.mean("real_sync_offset") == 0 and sums.mean("sync_offset") == -lag, "mouth late: the audio is early"
+    assert sums.mean("real_sync_confidence") > 0.5 and sums.mean("sync_confidence") > 0.5

@@ -62,7 +62,7 @@ def test_every_install_reads_the_one_lock_with_the_uv_it_pins():
     run = (REPO_ROOT / "run").read_text()
     assert (
         "LOCK=infra/requirements.lock" in run
-        and 'pip sync --quiet --python "$VENV/bin/python" --require-hashes "$LOCK"' in run
+        and 'pip sync --quiet --python "$VENV/bin/python" --require-hashes --compile-bytecode "$LOCK"' in run
     )
     assert "--require-hashes" in run and "pip install --quiet" not in run.split("ensure_uv()")[0]
     assert "uv pip compile pyproject.toml --all-extras --universal" in run.replace('"$VENV/bin/uv"', "uv")
@@ -70,12 +70,14 @@ def test_every_install_reads_the_one_lock_with_the_uv_it_pins():
 
     dockerfile = (INFRA / "Dockerfile").read_text()
     assert "COPY infra/requirements.lock /tmp/requirements.lock" in dockerfile
-    assert "uv pip sync --python /opt/discohead/bin/python --require-hashes /tmp/requirements.lock" in dockerfile
+    sync = "uv pip sync --python /opt/discohead/bin/python --compile-bytecode --require-hashes /tmp/requirements.lock"
+    assert sync in dockerfile
     assert f"ghcr.io/astral-sh/uv:{lock_uv_version()} " in dockerfile
     assert "python infra/check_install.py /tmp/requirements.lock" in dockerfile
 
     setup = " ".join(yaml.safe_load((REPO_ROOT / "ray_cluster.yaml").read_text())["setup_commands"])
-    assert "--require-hashes ~/discohead/infra/requirements.lock" in setup and "--no-deps ~/discohead" in setup
+    assert "--compile-bytecode --require-hashes ~/discohead/infra/requirements.lock" in setup
+    assert "--no-deps ~/discohead" in setup
     assert f"'uv=={lock_uv_version()}'" in setup
     assert "check_install.py ~/discohead/infra/requirements.lock" in setup
 
@@ -113,6 +115,18 @@ def test_check_install_reports_an_import_failure_in_one_line(tmp_path, monkeypat
     failures = check_install.check(LOCK)
     assert len(failures) == 1 and failures[0].startswith("pyarrow ") and "does not load (OSError:" in failures[0]
     assert "undefined symbol" in failures[0] and "\n" not in failures[0]
+
+
+def test_check_install_names_a_package_installed_without_bytecode(tmp_path, monkeypatch):
+    """uv writes no .pyc unless told to; with PYTHONDONTWRITEBYTECODE none comes later (a stand-in cv2)."""
+    (tmp_path / "cv2").mkdir()
+    (tmp_path / "cv2" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cv2", raising=False)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    failures = check_install.check(LOCK)
+    assert len(failures) == 1 and failures[0].startswith("opencv-python was installed without compiled bytecode")
+    assert "uv pip sync --compile-bytecode" in failures[0] and "\n" not in failures[0]
 
 
 def test_run_names_the_python_to_use_in_one_line():

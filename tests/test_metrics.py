@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from discohead.metrics import eye_aspect_ratio, inner_lip_opening, keypoint_distance, pearson, psnr, share_inside, ssim
+from discohead.metrics import (
+    box_area,
+    box_l1,
+    eye_aspect_ratio,
+    inner_lip_opening,
+    keypoint_distance,
+    pearson,
+    psnr,
+    share_inside,
+    ssim,
+)
 
 
 def test_psnr_of_a_known_error():
@@ -54,3 +64,14 @@ def test_share_inside_a_box_and_undefined_without_change():
     share = share_inside(change, torch.tensor([[0.0, 0.0, 0.5, 0.5]] * 2))
     assert share[0].item() == pytest.approx(25 / 26)
     assert math.isnan(share[1].item()), "no change has no share"
+
+
+def test_box_l1_is_the_error_inside_the_box_alone_and_box_area_its_share_of_the_frame():
+    target = torch.zeros(2, 3, 10, 10)
+    prediction = target.clone()
+    prediction[:, :, :5, :5] = 0.5  # wrong in the top-left quarter only
+    prediction[:, :, 5:, 5:] = 1.0
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0]])
+    assert box_l1(prediction, target, boxes).tolist() == [0.5, (25 * 0.5 + 25 * 1.0) / 100]
+    assert torch.isnan(box_l1(prediction, target, torch.tensor([[0.5, 0.5, 0.5, 0.5]] * 2))).all(), "an empty box"
+    assert box_area(boxes).tolist() == [0.25, 1.0]

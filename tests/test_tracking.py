@@ -173,3 +173,45 @@ def test_a_tracking_store_mlflow_refuses_is_one_line(tmp_path, monkeypatch):
         tracking_client(f"file://{tmp_path}/mlruns")
     assert "\n" not in str(error.value)
     assert tracking_client(f"sqlite:///{tmp_path}/mlflow.db") is not None
+
+
+def test_a_launch_of_several_variants_shows_them_side_by_side_on_its_parent_run(tmp_path, monkeypatch):
+    """What the training job's --evaluate logs on the parent run: the table, its CSV and one chart."""
+    import csv
+    import io
+
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from discohead.evaluation import EvaluationResult, comparison_chart
+    from discohead.tracking import log_comparison
+    from pipelines.evaluate import table
+
+    config, names, manifest, launch = new_launch(tmp_path, monkeypatch)
+    launch.finish()  # the job evaluates after its runs have ended
+    results = {
+        variant: EvaluationResult(
+            systems={"model": {"psnr": 20.0 + i, "ssim": 0.6}, "copy": {"psnr": 18.0, "ssim": 0.5}, "warp": {}},
+            disentanglement={"audio_gain": 0.05 * i, "eye_gain": 0.02},
+            unavailable={"fid": "unavailable: provide pt_inception-2015-12-05-6726825d.pth at ..."},
+            frames=20,
+            clips=2,
+            seconds=2.0,
+        )  # fmt: skip
+        for i, variant in enumerate(launch.run_ids)
+    }
+    log_comparison(launch.parent_run_id, *table(results), comparison_chart(results), "test", launch.tracking_uri)
+
+    client = MlflowClient(launch.tracking_uri)
+    listed = {item.path for item in client.list_artifacts(launch.parent_run_id, "comparison")}
+    assert listed == {f"comparison/eval_test.{kind}" for kind in ("md", "csv", "png")}
+    folder = Path(client.download_artifacts(launch.parent_run_id, "comparison", str(tmp_path)))
+    rows = list(csv.reader(io.StringIO((folder / "eval_test.csv").read_text())))
+    assert [row[:2] for row in rows[1:]] == [[variant, system] for variant in launch.run_ids for system in
+                                             ("model", "copy", "warp")]  # fmt: skip
+    header = rows[0]
+    assert rows[1][header.index("audio_gain")] == "0" and rows[4][header.index("audio_gain")] == "0.05"
+    assert "- fid: unavailable: provide" in (folder / "eval_test.md").read_text()
+    chart = np.asarray(Image.open(folder / "eval_test.png"))
+    assert chart.ndim == 3 and chart.shape[0] > 100 and chart.std() > 0
