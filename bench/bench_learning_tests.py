@@ -35,7 +35,7 @@ def native_kernels() -> str:
     return torch.backends.cpu.get_cpu_capability().lower()
 
 
-def one_run(kernels: str, seed: int) -> tuple[dict[str, tuple[str, float | None]], float]:
+def one_run(kernels: str, seed: int, tests: list[str]) -> tuple[dict[str, tuple[str, float | None]], float]:
     """``pytest -m learning`` under ``kernels`` and ``seed``: test id -> (outcome, margin), and seconds."""
     env = {key: value for key, value in os.environ.items() if key != "ATEN_CPU_CAPABILITY"}
     env["DISCOHEAD_LEARNING_SEED"] = str(seed)
@@ -43,7 +43,7 @@ def one_run(kernels: str, seed: int) -> tuple[dict[str, tuple[str, float | None]
         env["ATEN_CPU_CAPABILITY"] = kernels
     with tempfile.TemporaryDirectory(prefix="discohead-learning-") as scratch:
         report = Path(scratch) / "junit.xml"
-        command = [sys.executable, "-m", "pytest", "tests", "-q", "-m", "learning", "-p", "no:cacheprovider",
+        command = [sys.executable, "-m", "pytest", *tests, "-q", "-m", "learning", "-p", "no:cacheprovider",
                    f"--junitxml={report}", "-o", "junit_family=xunit1"]  # fmt: skip
         started = time.perf_counter()
         subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
@@ -62,6 +62,7 @@ def one_run(kernels: str, seed: int) -> tuple[dict[str, tuple[str, float | None]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tests", nargs="+", default=["tests"], help="test files (default: all)")
     args = parser.parse_args()
     native = native_kernels()
     kernel_sets = [kernels for kernels in KERNELS if kernels != native]
@@ -70,7 +71,7 @@ def main() -> int:
     for kernels in kernel_sets:
         for seed in args.seeds:
             label = f"native ({native})" if kernels == "native" else kernels
-            runs[(label, seed)], seconds = one_run(kernels, seed)
+            runs[(label, seed)], seconds = one_run(kernels, seed, args.tests)
             times.append(seconds)
             outcomes = [outcome for outcome, _ in runs[(label, seed)].values()]
             print(f"{label} seed {seed}: {outcomes.count('passed')} passed, {outcomes.count('failed')} failed, "
@@ -94,7 +95,7 @@ def main() -> int:
     note = (
         f"Each cell: the test's margin, measured / threshold (passes below 1), for `pytest -m learning` with "
         f"DISCOHEAD_LEARNING_SEED=seed under ATEN_CPU_CAPABILITY=kernels; this machine's own kernels are {native}, "
-        f"so that set ran once. {held.capitalize()}. One run of the five tests took {min(times):.0f} to "
+        f"so that set ran once. {held.capitalize()}. One run of the {len(tests)} tests took {min(times):.0f} to "
         f"{max(times):.0f} s (median {sorted(times)[len(times) // 2]:.0f} s)."
     )
     print(table + "\n" + note)
