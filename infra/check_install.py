@@ -11,7 +11,7 @@ the ffmpeg binary the jobs call runs.
 Why the bytecode: pip writes ``.pyc`` files at install, uv only with ``--compile-bytecode``. Where
 PYTHONDONTWRITEBYTECODE is set (CI's machines set it) none is ever written later, so every Ray
 worker compiles torch, ray and mlflow from source when it starts: seconds of CPU each, dozens of
-workers a training run; the test suite took 78 min instead of 24.
+workers a training run (the four-variant training test: 462 s without them, 171 s with).
 Exit 0 when all hold; otherwise one line per failure on stderr and exit 1.
 """
 
