@@ -532,7 +532,7 @@ def evaluate(
             unavailable[name] = f"unavailable: no clip's audio could be used ({why})"
         else:
             unavailable[name] = f"unavailable: no clip with its audio has {SYNC_FRAMES} test frames"
-    for name in (name for name in CONTROLS if name not in LIP_AUDIO):
+    for name in (*CONTROL_GAINS, "audio_focus", "eye_focus"):
         if name.endswith("_gain"):
             own, away = sums.mean(f"{name}/own"), sums.mean(f"{name}/away")
             value = 1 - own / away if away > 0 else float("nan")

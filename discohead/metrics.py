@@ -45,7 +45,7 @@ def box_l1(prediction: torch.Tensor, target: torch.Tensor, boxes: torch.Tensor) 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
     """Per box, the share of the frame ``(x0, y0, x1, y1)`` covers (boxes in [0, 1] coordinates)."""
     boxes = boxes.float().clamp(0, 1)
-    return ((boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)).float()
+    return (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
 
 
 # --- from 68 landmarks (iBUG 300-W layout), pure and batched --------------------------
